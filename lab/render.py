@@ -1,0 +1,316 @@
+"""Pure: Scenario -> {relative path: text}. Jinja2 with StrictUndefined; no disk writes here."""
+from __future__ import annotations
+
+import json
+import secrets as _secrets
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from .resources import resource_dir
+from .scenario import Scenario, duration_seconds
+from .topology import API_PORT, Node, Topology
+
+LAB_IFACE_PLACEHOLDER = "@LAB_IFACE@"  # admin-lb.sh puts the NIC holding the lab address here
+NGINX_HEALTHCHECK_PORT = 8081
+
+
+@dataclass(frozen=True)
+class LabSecrets:
+    """Per-lab secrets, generated once when a lab is created (never fixed in templates)."""
+
+    public_key: str
+    private_key: str
+    vrrp_password: str
+
+    @classmethod
+    def generate(cls, comment: str = "halab") -> "LabSecrets":
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption()).decode()
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode()
+        # VRRP PASS authentication carries at most 8 characters
+        return cls(f"{public} {comment}\n", private, _secrets.token_hex(4))
+
+    @classmethod
+    def load(cls, keys_dir: Path) -> "LabSecrets":
+        return cls((keys_dir / "id_ed25519.pub").read_text(),
+                   (keys_dir / "id_ed25519").read_text(),
+                   (keys_dir / "vrrp_password").read_text().strip())
+
+
+@dataclass(frozen=True)
+class HAProxyRuntime:
+    """What may differ between the VM and the local provider's haproxy.cfg."""
+
+    stats_socket: str = "/var/lib/haproxy/admin.sock"  # survives reboots, unlike /run
+    pidfile: str = "/run/haproxy.pid"
+    chroot: str | None = "/var/lib/haproxy"
+    user: str | None = "haproxy"
+    group: str | None = "haproxy"
+
+
+@dataclass(frozen=True)
+class NginxRuntime:
+    error_log: str = "stderr"
+    pidfile: str = "/run/nginx.pid"
+    daemon: bool = True
+    modules: tuple = ()
+    temp_dir: str | None = None
+
+
+def _rb(value) -> str:
+    """A Ruby literal for strings, numbers, booleans and nil."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a valid double-quoted Ruby string
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.filters["rb"] = _rb
+    return env
+
+
+def detect_seconds(s: Scenario) -> float:
+    """How long HAProxy takes, after a failed check, to mark a server DOWN (REFERENCE 4)."""
+    hc = s.haproxy.healthcheck
+    check = min(duration_seconds(s.haproxy.timeouts.get("check", "2s")),
+                duration_seconds(hc.inter))
+    return round((hc.fall - 1) * duration_seconds(hc.fastinter) + hc.fall * check, 1)
+
+
+def haproxy_cfg(topo: Topology, lb: Node, runtime: HAProxyRuntime = HAProxyRuntime()) -> str:
+    s = topo.scenario
+    binds = [str(lb.ip)]
+    if topo.lb_address is not None and topo.lb_address != lb.ip:
+        binds.append(str(topo.lb_address))  # the VIP (needs net.ipv4.ip_nonlocal_bind=1)
+    return _env().get_template("haproxy.cfg.j2").render(
+        lab=s.name, case=s.case, node=lb, scenario_file=Path(s.source).name,
+        hc=s.haproxy.healthcheck, detect_seconds=detect_seconds(s), runtime=runtime,
+        retries=s.haproxy.retries, timeouts=s.haproxy.timeouts, bind_addresses=binds,
+        api_port=API_PORT, control_planes=topo.control_planes, stats_port=s.haproxy.stats_port,
+        stats_path=s.haproxy.stats_path, prometheus_port=s.haproxy.prometheus_port)
+
+
+def keepalived_conf(topo: Topology, lb: Node, secrets: LabSecrets,
+                    interface: str = LAB_IFACE_PLACEHOLDER, check_command: str | None = None,
+                    script_user: str = "root") -> str:
+    s = topo.scenario
+    peers = [n for n in topo.load_balancers if n.name != lb.name]
+    if check_command is None:
+        check_command = "/bin/sh -c 'kill -0 $(cat /run/haproxy.pid)'"
+    return _env().get_template("keepalived.conf.j2").render(
+        lab=s.name, node=lb, vip=topo.lb_address, prefixlen=s.network.subnet.prefixlen,
+        interface=interface, virtual_router_id=s.keepalived["virtual_router_id"],
+        advert_int=s.keepalived["advert_int"], priority=150 - 10 * (lb.index - 1),
+        peers=peers, auth_pass=secrets.vrrp_password, check_command=check_command,
+        script_user=script_user)
+
+
+def nginx_proxy_conf(topo: Topology, worker: Node, runtime: NginxRuntime = NginxRuntime()) -> str:
+    s = topo.scenario
+    return _env().get_template("nginx-proxy.conf.j2").render(
+        lab=s.name, case=s.case, node=worker, api_port=API_PORT, runtime=runtime,
+        control_planes=topo.control_planes, connect_timeout="1s",
+        healthcheck_port=NGINX_HEALTHCHECK_PORT)
+
+
+# ------------------------------------------------------------------ kubespray
+
+def kubespray_vars(topo: Topology) -> dict[str, dict]:
+    """group_vars per group for the chosen Case (REFERENCE.md sections 2-3).
+
+    Returns {"all": {...}, "k8s_cluster": {...}}. The Case is decided here and
+    nowhere else, so the pitfalls are handled in one place:
+    - Case 2 does NOT define `loadbalancer_apiserver`: in kubespray v2.29.1 that
+      variable wins over `loadbalancer_apiserver_localhost` and turns Case 2 into
+      Case 3 with a useless worker proxy. The external LB enters the certificate
+      through `supplementary_addresses_in_ssl_keys` instead.
+    - Case 3 sets `apiserver_loadbalancer_domain_name` to a name halab writes into
+      every /etc/hosts: kubespray >= 2.29.0 no longer writes /etc/hosts and the
+      default name does not resolve.
+    """
+    s = topo.scenario
+    all_vars: dict = {
+        "kubeconfig_localhost": True,
+        "kubectl_localhost": False,
+        "loadbalancer_apiserver_port": API_PORT,
+        "loadbalancer_apiserver_healthcheck_port": NGINX_HEALTHCHECK_PORT,
+        "loadbalancer_apiserver_type": s.kubespray.worker_proxy,
+        # download each file once on the runner side and copy it to the nodes
+        "download_run_once": True,
+        "download_localhost": False,
+    }
+    sans = topo.api_sans()
+    if s.case in (1, 2):
+        all_vars["loadbalancer_apiserver_localhost"] = True
+    else:
+        all_vars["loadbalancer_apiserver_localhost"] = False
+        all_vars["loadbalancer_apiserver"] = {"address": str(topo.lb_address), "port": API_PORT}
+        all_vars["apiserver_loadbalancer_domain_name"] = topo.lb_name
+    if sans:
+        all_vars["supplementary_addresses_in_ssl_keys"] = sans
+    cluster = {
+        "kube_network_plugin": s.kubespray.network_plugin,
+        "kube_service_addresses": s.service_cidr,
+        "kube_pods_subnet": s.pod_cidr,
+        "cluster_name": "cluster.local",
+    }
+    return {"all": all_vars, "k8s_cluster": cluster}
+
+
+def _vars_file(title: str, data: dict) -> str:
+    header = (f"# {title}\n# Rendered by halab. The `zz-` prefix makes Ansible load this file after\n"
+              "# kubespray's sample files in the same folder, so these values win.\n")
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def inventory_files(topo: Topology) -> dict[str, str]:
+    s = topo.scenario
+    ini = _env().get_template("inventory.ini.j2").render(
+        lab=s.name, case=s.case, kubespray_version=s.kubespray.version,
+        control_planes=topo.control_planes, workers=topo.workers,
+        etcd_topology=s.etcd_topology, etcd_nodes=topo.role("etcd"))
+    v = kubespray_vars(topo)
+    extra = ("# scenario kubespray.extra_vars, passed as `-e @extra-vars.yml` (highest precedence)\n"
+             + yaml.safe_dump(dict(s.kubespray.extra_vars), sort_keys=False))
+    return {
+        "inventory/inventory.ini": ini,
+        "inventory/group_vars/all/zz-halab.yml": _vars_file(
+            f"Lab {s.name}: Case {s.case} access paths and runner settings", v["all"]),
+        "inventory/group_vars/k8s_cluster/zz-halab.yml": _vars_file(
+            f"Lab {s.name}: cluster network", v["k8s_cluster"]),
+        "inventory/extra-vars.yml": extra,
+    }
+
+
+# ------------------------------------------------------------------ node files
+
+def lab_env(topo: Topology) -> str:
+    """Settings the provisioning scripts source (shell-quoted)."""
+    s = topo.scenario
+    values = {
+        "LAB_NAME": s.name,
+        "LAB_CASE": str(s.case),
+        "LAB_SUBNET": str(s.network.subnet),
+        "LAB_TIMEZONE": s.timezone,
+        "LAB_OS_FAMILY": s.box.os_family,
+        "LAB_LB_NAME": topo.lb_name if topo.lb_address else "",
+        "LAB_LB_ADDRESS": str(topo.lb_address or ""),
+        "LAB_HA_LB": "yes" if len(topo.load_balancers) > 1 else "no",
+        "LAB_LOAD_BALANCER": "yes" if topo.load_balancers else "no",
+        "LAB_NFS": "yes" if s.nfs_enabled else "no",
+        "LAB_NFS_PATH": s.nfs_path,
+        "LAB_ADMIN_TOOLS": " ".join(s.admin_tools),
+        "LAB_KUBESPRAY_VERSION": s.kubespray.version,
+        "LAB_KUBESPRAY_SOURCE": "git" if s.kubespray.source == "git" else "upload",
+        "LAB_KUBESPRAY_REPO": s.kubespray.repo,
+        "LAB_DEPLOYER": s.deployer,
+        "LAB_NODES": " ".join(n.name for n in topo.nodes),
+    }
+    lines = ["# Lab settings for the provisioning scripts, rendered by halab."]
+    lines += [f"{k}={shlex.quote(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def hosts_file(topo: Topology) -> str:
+    lines = [f"# halab lab {topo.name}: every node and the API load balancer name"]
+    lines += [f"{ip} {names}" for ip, names in topo.hosts_entries()]
+    return "\n".join(lines) + "\n"
+
+
+def lab_json(topo: Topology) -> str:
+    """A snapshot of the topology for commands that run later (status, drills, reports)."""
+    s = topo.scenario
+    data = {
+        "name": s.name, "case": s.case, "provider": s.provider, "deployer": s.deployer,
+        "scenario": s.source, "subnet": str(s.network.subnet),
+        "lb_address": str(topo.lb_address) if topo.lb_address else None,
+        "lb_name": topo.lb_name if topo.lb_address else None,
+        "nodes": [{"name": n.name, "role": n.role, "ip": str(n.ip), "cpus": n.cpus,
+                   "memory": n.memory} for n in topo.nodes],
+        "access_paths": [p.__dict__ for p in topo.access_paths()],
+    }
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _vagrant_boxes(s: Scenario) -> dict:
+    boxes = {}
+    for provider in ("virtualbox", "libvirt"):
+        override = s.box.providers.get(provider, {})
+        boxes[provider] = {"name": override.get("name", s.box.name),
+                           "version": override.get("version", s.box.version)}
+    return boxes
+
+
+def vagrantfile(topo: Topology) -> str:
+    s = topo.scenario
+    provider = s.provider if s.provider in ("virtualbox", "libvirt") else "virtualbox"
+    return _env().get_template("Vagrantfile.j2").render(
+        lab=s.name, case=s.case, scenario_file=Path(s.source).name, nodes=topo.nodes,
+        boxes=_vagrant_boxes(s), provider=provider,
+        libvirt=s.provider_options["libvirt"], virtualbox=s.provider_options["virtualbox"])
+
+
+def scripts() -> dict[str, str]:
+    folder = resource_dir("scripts")
+    return {f"scripts/{p.name}": p.read_text() for p in sorted(folder.glob("*.sh"))}
+
+
+def render(s: Scenario, secrets: LabSecrets) -> dict[str, str]:
+    """The whole rendered lab: relative path -> text (private key excluded)."""
+    topo = Topology.of(s)
+    out: dict[str, str] = {
+        "Vagrantfile": vagrantfile(topo),
+        "lab.json": lab_json(topo),
+        "files/lab.env": lab_env(topo),
+        "files/hosts": hosts_file(topo),
+        "files/authorized_keys": secrets.public_key,
+        "keys/id_ed25519.pub": secrets.public_key,
+    }
+    out.update(scripts())
+    for lb in topo.load_balancers:
+        out[f"files/{lb.name}/haproxy.cfg"] = haproxy_cfg(topo, lb)
+        if len(topo.load_balancers) > 1:
+            out[f"files/{lb.name}/keepalived.conf"] = keepalived_conf(topo, lb, secrets)
+    if s.nfs_enabled:
+        out["files/exports"] = (f"# NFS share for the lab, limited to the lab subnet\n"
+                                f"{s.nfs_path} {s.network.subnet}(rw,sync,root_squash,"
+                                "no_subtree_check)\n")
+    out.update(inventory_files(topo))
+    return out
+
+
+def write(files: dict[str, str], secrets: LabSecrets, dest: Path) -> None:
+    """Write a rendered lab into `dest` (side effect; private key 0600)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        if rel.startswith("scripts/"):
+            path.chmod(0o755)
+    key = dest / "keys" / "id_ed25519"
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.touch(mode=0o600)
+    key.chmod(0o600)
+    key.write_text(secrets.private_key)
+    pw = dest / "keys" / "vrrp_password"
+    pw.touch(mode=0o600)
+    pw.chmod(0o600)
+    pw.write_text(secrets.vrrp_password + "\n")

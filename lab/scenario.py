@@ -1,0 +1,761 @@
+"""Scenario files: YAML -> `extends` merged -> defaults -> validated, frozen dataclasses.
+
+Every problem is collected and reported at once (`ScenarioError`), each naming the
+file, the field, the bad value and the fix. Nothing here touches the machine
+beyond reading the scenario files themselves.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import ipaddress
+import re
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import MISSING, HalabError, Problem, ScenarioError
+from .resources import resource_dir
+
+CASES = (1, 2, 3)
+PROVIDERS = ("virtualbox", "libvirt", "local")
+DEPLOYERS = ("kubespray", "static")
+WORKER_PROXIES = ("nginx", "haproxy")
+ETCD_TOPOLOGIES = ("stacked", "external")
+NETWORK_PLUGINS = ("calico", "flannel", "cilium", "kube-ovn", "kube-router", "macvlan", "cni")
+ADMIN_TOOLS = ("kubectl", "helm", "k9s", "kubecolor", "jq", "git", "tmux")
+OS_FAMILIES = {"rockylinux": "rhel", "almalinux": "rhel", "rhel": "rhel", "centos": "rhel",
+               "oraclelinux": "rhel", "ubuntu": "debian", "debian": "debian"}
+
+# Operating systems each kubespray release lists as supported (its README), used
+# only for warnings: an unlisted pair may still work, but the workshop should know.
+KUBESPRAY_SUPPORTED_OS = {
+    (2, 29): {"rockylinux-8", "rockylinux-9", "almalinux-8", "almalinux-9", "ubuntu-22.04",
+              "ubuntu-24.04", "debian-11", "debian-12", "oraclelinux-8", "oraclelinux-9"},
+    (2, 30): {"rockylinux-8", "rockylinux-9", "rockylinux-10", "almalinux-8", "almalinux-9",
+              "almalinux-10", "ubuntu-22.04", "ubuntu-24.04", "debian-12", "debian-13",
+              "oraclelinux-9"},
+}
+
+# kubespray's preinstall checks (roles/kubernetes/preinstall/defaults/main.yml):
+# minimal_master_memory_mb 1500, minimal_node_memory_mb 1024, compared with the
+# guest's MemTotal, which is ~8-12 % below the RAM given to the VM.
+KUBESPRAY_MIN_MEMORY = {"control_plane": 1500, "worker": 1024, "etcd": 1024}
+MEMTOTAL_MARGIN = 1.15
+STATIC_MIN_MEMORY = {"control_plane": 768, "worker": 256, "etcd": 512, "admin_lb": 256}
+
+# The schema: every key a scenario may set, with its default. A dict is a
+# section; `_ANY_MAP` marks a free-form mapping (its keys are not checked).
+_ANY_MAP = object()
+_REQUIRED = object()
+
+SCHEMA: dict[str, Any] = {
+    "name": _REQUIRED,
+    "description": "",
+    "extends": None,
+    "case": _REQUIRED,
+    "provider": "virtualbox",
+    "deployer": "kubespray",
+    "timezone": "UTC",
+    "node_prefix": "k8s-node",
+    "box": {
+        "name": "bento/rockylinux-9",
+        "version": None,
+        "os": "rockylinux-9",
+        "providers": _ANY_MAP,
+    },
+    "network": {
+        "subnet": "192.168.10.0/24",
+        "first_address": None,
+        "vip": None,
+        "lb_name": None,
+        "addresses": _ANY_MAP,
+    },
+    "admin_lb": {"count": 1, "cpus": 2, "memory": 1024, "load_balancer": None},
+    "control_plane": {"count": 3, "cpus": 4, "memory": 2048},
+    "worker": {"count": 2, "cpus": 4, "memory": 2048},
+    "etcd": {"topology": "stacked", "count": 3, "cpus": 2, "memory": 1024},
+    "kubernetes": {"service_cidr": "10.233.0.0/18", "pod_cidr": "10.233.64.0/18"},
+    "kubespray": {
+        "version": "v2.29.1",
+        "source": "git",
+        "repo": "https://github.com/kubernetes-sigs/kubespray.git",
+        "network_plugin": "calico",
+        "worker_proxy": "nginx",
+        "extra_vars": _ANY_MAP,
+    },
+    "haproxy": {
+        "healthcheck": {"path": "/readyz", "inter": "1s", "fastinter": "500ms",
+                        "downinter": "1s", "fall": 2, "rise": 2},
+        "timeouts": {"connect": "2s", "client": "10m", "server": "10m", "check": "2s"},
+        "retries": 3,
+        "stats_port": 9000,
+        "stats_path": "/haproxy_stats",
+        "prometheus_port": 8405,
+    },
+    "keepalived": {"virtual_router_id": 51, "advert_int": 1},
+    "nfs": {"enabled": True, "path": "/srv/nfs/share"},
+    "admin_tools": ["kubectl", "helm", "k9s"],
+    "provider_options": {
+        "virtualbox": {"group": "/halab", "linked_clone": True, "nic_promiscuous": True},
+        "libvirt": {"driver": "kvm", "emulator_path": None, "kernel": None, "initrd": None,
+                    "cmd_line": None, "management_network_address": None,
+                    "storage_pool_name": None},
+        "local": {"bridge": None},
+    },
+    "drills": [],
+}
+
+_DURATION = re.compile(r"^\d+(ms|s|m|h)?$")
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
+_CASE_VARS = ("loadbalancer_apiserver", "loadbalancer_apiserver_localhost",
+              "apiserver_loadbalancer_domain_name", "loadbalancer_apiserver_type")
+
+
+# ---------------------------------------------------------------- dataclasses
+
+@dataclass(frozen=True)
+class NodeGroup:
+    count: int
+    cpus: int
+    memory: int
+
+
+@dataclass(frozen=True)
+class Box:
+    name: str
+    version: str | None
+    os: str
+    os_family: str
+    providers: dict
+
+
+@dataclass(frozen=True)
+class Network:
+    subnet: ipaddress.IPv4Network
+    first_address: ipaddress.IPv4Address
+    vip: ipaddress.IPv4Address | None
+    lb_name: str
+    addresses: dict
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    path: str
+    inter: str
+    fastinter: str
+    downinter: str
+    fall: int
+    rise: int
+
+
+@dataclass(frozen=True)
+class HAProxy:
+    healthcheck: HealthCheck
+    timeouts: dict
+    retries: int
+    stats_port: int
+    stats_path: str
+    prometheus_port: int
+
+
+@dataclass(frozen=True)
+class Kubespray:
+    version: str
+    source: str
+    repo: str
+    network_plugin: str
+    worker_proxy: str
+    extra_vars: dict
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario; `source` is the file it came from (for messages)."""
+
+    name: str
+    description: str
+    case: int
+    provider: str
+    deployer: str
+    timezone: str
+    node_prefix: str
+    box: Box
+    network: Network
+    admin_lb: NodeGroup
+    load_balancer: bool
+    control_plane: NodeGroup
+    worker: NodeGroup
+    etcd_topology: str
+    etcd: NodeGroup
+    service_cidr: str
+    pod_cidr: str
+    kubespray: Kubespray
+    haproxy: HAProxy
+    keepalived: dict
+    nfs_enabled: bool
+    nfs_path: str
+    admin_tools: tuple
+    provider_options: dict
+    drills: tuple
+    source: str
+    warnings: tuple = field(default=(), compare=False)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def ha_lb(self) -> bool:
+        return self.load_balancer and self.admin_lb.count > 1
+
+    def with_provider(self, provider: str) -> "Scenario":
+        """The same scenario on another provider (`halab up --provider local`)."""
+        raw = copy.deepcopy(self.raw)
+        raw["provider"] = provider
+        return build(raw, self.source, {})
+
+
+# ---------------------------------------------------------------- loading
+
+def bundled_scenarios() -> dict[str, Path]:
+    """Bundled scenario names -> files."""
+    return {p.stem: p for p in sorted(resource_dir("scenarios").glob("*.yaml"), key=lambda p: p.stem)}
+
+
+def resolve(ref: str, relative_to: Path | None = None) -> Path:
+    """A bundled name (`case2`) or a path to a YAML file -> the file."""
+    candidates = []
+    as_path = Path(ref).expanduser()
+    if relative_to is not None and not as_path.is_absolute():
+        candidates.append(relative_to / as_path)
+    candidates.append(as_path)
+    for c in candidates:
+        if c.is_file():
+            return c
+    bundled = bundled_scenarios()
+    if ref in bundled:
+        return bundled[ref]
+    if relative_to is not None and f"{ref}.yaml" in {p.name for p in relative_to.glob("*.yaml")}:
+        return relative_to / f"{ref}.yaml"
+    close = difflib.get_close_matches(ref, list(bundled), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise HalabError(
+        f"scenario {ref!r} is neither a file nor a bundled scenario; {hint}"
+        f"bundled: {', '.join(bundled)} (see `halab scenarios`)", code=2)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise HalabError(f"{path}: cannot read scenario file: {exc.strerror}", code=2) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise HalabError(f"{path}:{where}: not valid YAML: {problem}; fix the syntax there",
+                         code=2) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HalabError(f"{path}: a scenario must be a YAML mapping (key: value), "
+                         f"found {type(data).__name__}", code=2)
+    return data
+
+
+def _merge(base: dict, over: dict, origins: dict, over_file: str, prefix: str = "") -> dict:
+    """Deep-merge `over` into a copy of `base`; mappings merge, everything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, origins, over_file, path + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+            for k in [k for k in origins if k == path or k.startswith(path + ".")]:
+                del origins[k]
+            _record_origins(value, origins, over_file, path)
+    return out
+
+
+def _record_origins(value, origins, file, path):
+    origins[path] = file
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _record_origins(v, origins, file, f"{path}.{k}")
+
+
+def load_raw(ref: str, _chain: tuple = ()) -> tuple[dict, dict, Path]:
+    """Read a scenario and everything it extends; return (merged data, origins, file)."""
+    path = resolve(ref, _chain[-1].parent if _chain else None).resolve()
+    if path in _chain:
+        cycle = " -> ".join(str(p.name) for p in (*_chain, path))
+        raise HalabError(f"{path}: extends: cycle {cycle}; fix: remove one of the `extends`",
+                         code=2)
+    data = _read_yaml(path)
+    parent = data.get("extends")
+    origins: dict[str, str] = {}
+    if parent is None:
+        _record_origins(data, origins, str(path), "")
+        origins = {k.lstrip("."): v for k, v in origins.items() if k}
+        return data, origins, path
+    if not isinstance(parent, str):
+        raise HalabError(f"{path}: extends = {parent!r}: must be a bundled scenario name or a "
+                         f"path; fix: e.g. `extends: case2`", code=2)
+    try:
+        base, origins, _ = load_raw(parent, (*_chain, path))
+    except HalabError as exc:
+        if "neither a file nor a bundled" in exc.message:
+            raise HalabError(f"{path}: extends = {parent!r}: {exc.message}", code=2) from exc
+        raise
+    own = {k: v for k, v in data.items() if k != "extends"}
+    merged = _merge(base, own, origins, str(path))
+    merged.pop("extends", None)
+    # a child that extends another keeps its own name unless it sets one
+    return merged, origins, path
+
+
+def load(ref: str, provider: str | None = None) -> Scenario:
+    """Load, merge, validate and freeze a scenario. Raises ScenarioError with every problem."""
+    data, origins, path = load_raw(ref)
+    if provider is not None:
+        data = dict(data, provider=provider)
+        origins["provider"] = "--provider"
+    return build(data, str(path), origins)
+
+
+# ---------------------------------------------------------------- validation
+
+class _Checker:
+    def __init__(self, source: str, origins: dict):
+        self.source = source
+        self.origins = origins
+        self.problems: list[Problem] = []
+
+    def file_of(self, path: str) -> str:
+        while path:
+            if path in self.origins:
+                return _short(self.origins[path])
+            path = path.rpartition(".")[0]
+        return _short(self.source)
+
+    def error(self, path, value, message, fix):
+        self.problems.append(Problem(self.file_of(path), path, value, message, fix))
+
+    def warn(self, path, value, message, fix):
+        self.problems.append(Problem(self.file_of(path), path, value, message, fix, "warning"))
+
+
+def _short(file: str) -> str:
+    try:
+        return str(Path(file).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return file
+
+
+def _check_keys(data: dict, schema: dict, chk: _Checker, prefix: str = "") -> dict:
+    """Unknown keys (with did-you-mean) and defaults filled in; returns the full tree."""
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1, cutoff=0.6)
+            fix = f"did you mean {prefix}{close[0]!r}?" if close else \
+                f"remove it; known keys here: {', '.join(schema)}"
+            chk.error(path, value, "unknown key", fix)
+            continue
+        sub = schema[key]
+        if isinstance(sub, dict):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                chk.error(path, value, "must be a mapping", f"write it as `{key}:` with "
+                          f"indented keys ({', '.join(sub)})")
+                value = {}
+            out[key] = _check_keys(value, sub, chk, path + ".")
+        elif sub is _ANY_MAP:
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                chk.error(path, value, "must be a mapping", f"write `{key}:` with indented "
+                          "`key: value` lines")
+                value = {}
+            out[key] = value
+        else:
+            out[key] = value
+    for key, sub in schema.items():
+        if key in out:
+            continue
+        if sub is _REQUIRED:
+            chk.error(f"{prefix}{key}", MISSING, "is required", f"add `{key}:` to the scenario")
+            out[key] = None
+        elif isinstance(sub, dict):
+            out[key] = _check_keys({}, sub, chk, f"{prefix}{key}.")
+        elif sub is _ANY_MAP:
+            out[key] = {}
+        else:
+            out[key] = copy.deepcopy(sub)
+    return out
+
+
+def _int(chk, path, value, low, high, fix=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        chk.error(path, value, "must be a whole number", fix or f"use a number from {low} to {high}")
+        return None
+    if not low <= value <= high:
+        chk.error(path, value, f"must be between {low} and {high}",
+                  fix or f"use a number from {low} to {high}")
+        return None
+    return value
+
+
+def _choice(chk, path, value, choices):
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        chk.error(path, value, "is not one of " + ", ".join(map(str, choices)),
+                  f"{hint}use one of: {', '.join(map(str, choices))}")
+        return None
+    return value
+
+
+def _str(chk, path, value, fix):
+    if not isinstance(value, str) or not value:
+        chk.error(path, value, "must be a non-empty text", fix)
+        return None
+    return value
+
+
+def _duration(chk, path, value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"{value}ms"
+    if not isinstance(value, str) or not _DURATION.match(value):
+        chk.error(path, value, "is not a duration", "write it like 500ms, 2s, 1m or 1h")
+        return None
+    return value
+
+
+def duration_seconds(value: str) -> float:
+    """'500ms' -> 0.5, '2s' -> 2.0, '1m' -> 60.0; a bare number is milliseconds (HAProxy)."""
+    m = re.match(r"^(\d+)(ms|s|m|h)?$", value)
+    if not m:
+        raise ValueError(value)
+    n, unit = int(m.group(1)), m.group(2) or "ms"
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def os_family(os_name: str) -> str | None:
+    return OS_FAMILIES.get(os_name.split("-")[0])
+
+
+def build(data: dict, source: str, origins: dict) -> Scenario:
+    """Validate merged scenario data and freeze it. Raises ScenarioError."""
+    chk = _Checker(source, origins)
+    raw = copy.deepcopy(data)
+    d = _check_keys(data, SCHEMA, chk)
+
+    name = d["name"]
+    if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+        chk.error("name", name, "must be 1-20 characters: lowercase letters, digits, '-', "
+                  "starting with a letter (it names VMs, namespaces and kubeconfig contexts)",
+                  "e.g. `name: case2-alice`")
+        name = None
+    case = _choice(chk, "case", d["case"], CASES) if d["case"] is not None else None
+    provider = _choice(chk, "provider", d["provider"], PROVIDERS)
+    deployer = _choice(chk, "deployer", d["deployer"], DEPLOYERS)
+    if provider == "local" and deployer == "kubespray":
+        deployer = "static"  # the local provider has no VMs for kubespray; see README
+    timezone = d["timezone"]
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        chk.error("timezone", timezone, "is not a known time zone",
+                  "use an IANA name such as UTC, Europe/Berlin or Asia/Seoul")
+    prefix = d["node_prefix"]
+    if not isinstance(prefix, str) or not re.match(r"^[a-z][a-z0-9-]{0,12}$", prefix):
+        chk.error("node_prefix", prefix, "must be 1-13 lowercase letters, digits or '-'",
+                  "e.g. `node_prefix: k8s-node`")
+        prefix = "k8s-node"
+
+    groups = {}
+    for role, low in (("admin_lb", 0), ("control_plane", 1), ("worker", 0), ("etcd", 1)):
+        g = d[role]
+        count = _int(chk, f"{role}.count", g["count"], low, 50)
+        cpus = _int(chk, f"{role}.cpus", g["cpus"], 1, 64)
+        memory = _int(chk, f"{role}.memory", g["memory"], 128, 262144,
+                      "give the RAM in MiB, e.g. 2048")
+        groups[role] = NodeGroup(count if count is not None else low,
+                                 cpus or 1, memory or 1024)
+
+    etcd_topology = _choice(chk, "etcd.topology", d["etcd"]["topology"], ETCD_TOPOLOGIES)
+    members = groups["etcd"].count if etcd_topology == "external" else groups["control_plane"].count
+    member_field = "etcd.count" if etcd_topology == "external" else "control_plane.count"
+    if members and members % 2 == 0:
+        chk.error(member_field, members,
+                  f"etcd needs an odd number of members ({members} tolerate no more failures "
+                  f"than {members - 1}, and a split vote can stall)",
+                  f"use {members - 1} or {members + 1}")
+
+    lb_flag = d["admin_lb"]["load_balancer"]
+    if lb_flag is not None and not isinstance(lb_flag, bool):
+        chk.error("admin_lb.load_balancer", lb_flag, "must be true or false",
+                  "write `load_balancer: true` or leave it out")
+        lb_flag = None
+    load_balancer = (case != 1) if lb_flag is None else lb_flag
+    lb_count = groups["admin_lb"].count
+    if case in (2, 3) and (lb_count == 0 or not load_balancer):
+        chk.error("admin_lb.count" if lb_count == 0 else "admin_lb.load_balancer",
+                  lb_count if lb_count == 0 else lb_flag,
+                  f"Case {case} sends {'external kubectl' if case == 2 else 'every client'} "
+                  "through the HAProxy load balancer on admin-lb, so it needs one",
+                  "set `admin_lb: {count: 1}` (2 with a network.vip for an HA pair), or use case 1")
+    if case == 1 and load_balancer and lb_count > 0:
+        chk.error("admin_lb.load_balancer", lb_flag, "Case 1 has no external load balancer "
+                  "(workers use their local proxy, kubectl a control plane directly)",
+                  "remove `load_balancer: true`, or use case 2 to add HAProxy in front")
+    if case == 1 and lb_count > 1:
+        chk.error("admin_lb.count", lb_count, "Case 1 has no load balancer to make highly "
+                  "available; one admin node runs kubespray", "use `admin_lb: {count: 1}`")
+    if deployer == "kubespray" and lb_count == 0 and provider != "local":
+        chk.error("admin_lb.count", 0, "kubespray runs on the admin-lb node", "use count 1")
+
+    # box and OS
+    box = d["box"]
+    box_name = _str(chk, "box.name", box["name"], "e.g. `name: bento/rockylinux-9`")
+    os_name = _str(chk, "box.os", box["os"], "e.g. `os: rockylinux-9` or `os: ubuntu-24.04`")
+    family = None
+    if os_name:
+        family = os_family(os_name)
+        if family is None:
+            chk.error("box.os", os_name, "halab knows no such OS family",
+                      "use rockylinux-N, almalinux-N, ubuntu-YY.MM or debian-N")
+    if box["version"] is not None and not isinstance(box["version"], str):
+        chk.error("box.version", box["version"], "must be text", 'quote it: version: "202510.26.0"')
+    for prov, override in box["providers"].items():
+        if prov not in PROVIDERS:
+            _choice(chk, f"box.providers.{prov}", prov, PROVIDERS)
+        elif not isinstance(override, dict) or set(override) - {"name", "version"}:
+            chk.error(f"box.providers.{prov}", override, "must map to {name, version}",
+                      "e.g. `libvirt: {name: generic/rocky9}`")
+
+    kube = d["kubespray"]
+    version = kube["version"]
+    vm = _VERSION.match(version) if isinstance(version, str) else None
+    if not vm:
+        chk.error("kubespray.version", version, "is not a kubespray release tag",
+                  "write it like v2.29.1")
+    elif os_name and family and deployer == "kubespray" and provider != "local":
+        key = (int(vm.group(1)), int(vm.group(2)))
+        known = KUBESPRAY_SUPPORTED_OS.get(key)
+        if known is None:
+            chk.warn("kubespray.version", version, "halab has no support table for this "
+                     "kubespray release", "check its README's supported OS list")
+        elif os_name not in known:
+            later = sorted(k for k, v in KUBESPRAY_SUPPORTED_OS.items() if os_name in v and k > key)
+            since = f"; it is listed from v{later[0][0]}.{later[0][1]}.0" if later else ""
+            chk.warn("box.os", os_name, f"kubespray {version} does not list {os_name} as "
+                     f"supported{since}", "pick a listed OS box (e.g. rockylinux-9) or a "
+                     "kubespray release that lists it, and test before the workshop")
+    ks_source = kube["source"]
+    if ks_source != "git":
+        if not isinstance(ks_source, str) or not Path(ks_source).expanduser().exists():
+            chk.error("kubespray.source", ks_source, "is neither `git` nor an existing local "
+                      "kubespray folder or .tar.gz", "use `git`, or a path to a kubespray "
+                      "checkout downloaded once for the classroom")
+    network_plugin = _choice(chk, "kubespray.network_plugin", kube["network_plugin"],
+                             NETWORK_PLUGINS)
+    worker_proxy = _choice(chk, "kubespray.worker_proxy", kube["worker_proxy"], WORKER_PROXIES)
+    for var in _CASE_VARS:
+        if var in kube["extra_vars"]:
+            chk.error(f"kubespray.extra_vars.{var}", kube["extra_vars"][var],
+                      "is set by halab from `case` (overriding it silently changes the Case)",
+                      "remove it and choose `case: 1`, `2` or `3`")
+
+    # network and addresses
+    net = d["network"]
+    subnet = None
+    try:
+        subnet = ipaddress.IPv4Network(str(net["subnet"]), strict=True)
+    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as exc:
+        chk.error("network.subnet", net["subnet"], f"is not an IPv4 network ({exc})",
+                  "write it like 192.168.10.0/24 (host bits zero)")
+    def address(path, value):
+        try:
+            ip = ipaddress.IPv4Address(str(value))
+        except ipaddress.AddressValueError:
+            chk.error(path, value, "is not an IPv4 address", "write it like 192.168.10.10")
+            return None
+        if subnet is not None and ip not in subnet:
+            chk.error(path, value, f"is outside the lab subnet {subnet}",
+                      f"use an address in {subnet} or change network.subnet")
+            return None
+        if subnet is not None and ip in (subnet.network_address, subnet.broadcast_address):
+            chk.error(path, value, "is the network or broadcast address of the subnet",
+                      "use a host address")
+            return None
+        if subnet is not None and ip == next(subnet.hosts()):
+            chk.error(path, value, "is the first host address, which the host side of the "
+                      "lab network (VirtualBox/libvirt) takes", "start at .2 or later")
+            return None
+        return ip
+    first = None
+    if subnet is not None:
+        if net["first_address"] is None:
+            if subnet.num_addresses > 16:
+                first = subnet.network_address + 10
+            else:
+                first = subnet.network_address + 2
+        else:
+            first = address("network.first_address", net["first_address"])
+    vip = address("network.vip", net["vip"]) if net["vip"] is not None else None
+    if lb_count > 1 and load_balancer and vip is None and net["vip"] is None:
+        chk.error("network.vip", MISSING, f"{lb_count} load balancers need a virtual IP that "
+                  "keepalived moves between them", "add `vip: <free address in the subnet>`")
+    if vip is not None and not (lb_count > 1 and load_balancer):
+        chk.warn("network.vip", str(vip), "a virtual IP is only used with two or more "
+                 "load balancers (keepalived)", "remove it or set admin_lb.count: 2")
+    explicit = {}
+    for node, value in net["addresses"].items():
+        ip = address(f"network.addresses.{node}", value)
+        if ip is not None:
+            explicit[str(node)] = ip
+    lb_name = net["lb_name"]
+    if lb_name is None and isinstance(name, str):
+        lb_name = f"k8s-api.{name}.lab"
+    elif lb_name is not None and (not isinstance(lb_name, str)
+                                  or not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", lb_name)):
+        chk.error("network.lb_name", lb_name, "is not a valid DNS name",
+                  "e.g. `lb_name: k8s-api.lab`")
+
+    # haproxy
+    hp = d["haproxy"]
+    hc = hp["healthcheck"]
+    hpath = hc["path"]
+    if not isinstance(hpath, str) or not hpath.startswith("/"):
+        chk.error("haproxy.healthcheck.path", hpath, "must be a URL path",
+                  "use /readyz (fails when the API server cannot reach etcd)")
+    if hpath in ("/healthz", "/livez"):
+        chk.warn("haproxy.healthcheck.path", hpath, "stays OK when the API server has lost "
+                 "etcd, so HAProxy keeps sending requests to a broken server", "use /readyz")
+    health = HealthCheck(
+        path=hpath if isinstance(hpath, str) else "/readyz",
+        inter=_duration(chk, "haproxy.healthcheck.inter", hc["inter"]) or "1s",
+        fastinter=_duration(chk, "haproxy.healthcheck.fastinter", hc["fastinter"]) or "500ms",
+        downinter=_duration(chk, "haproxy.healthcheck.downinter", hc["downinter"]) or "1s",
+        fall=_int(chk, "haproxy.healthcheck.fall", hc["fall"], 1, 100) or 2,
+        rise=_int(chk, "haproxy.healthcheck.rise", hc["rise"], 1, 100) or 2,
+    )
+    timeouts = {k: _duration(chk, f"haproxy.timeouts.{k}", v) or "1s"
+                for k, v in hp["timeouts"].items()}
+    ports = {}
+    for key in ("stats_port", "prometheus_port"):
+        p = _int(chk, f"haproxy.{key}", hp[key], 1, 65535)
+        if p is not None:
+            if p == 6443 or p in ports.values():
+                chk.error(f"haproxy.{key}", p, "collides with another HAProxy port "
+                          "(6443 is the API frontend)", "choose a free port, e.g. 9000 / 8405")
+            ports[key] = p
+    retries = _int(chk, "haproxy.retries", hp["retries"], 0, 10) or 0
+    stats_path = hp["stats_path"]
+    if not isinstance(stats_path, str) or not stats_path.startswith("/"):
+        chk.error("haproxy.stats_path", stats_path, "must be a URL path", "e.g. /haproxy_stats")
+        stats_path = "/haproxy_stats"
+    ka = d["keepalived"]
+    vrid = _int(chk, "keepalived.virtual_router_id", ka["virtual_router_id"], 1, 255)
+    advert = _int(chk, "keepalived.advert_int", ka["advert_int"], 1, 60)
+
+    # kubernetes networks must not overlap the lab subnet
+    k8s = d["kubernetes"]
+    for key in ("service_cidr", "pod_cidr"):
+        try:
+            cidr = ipaddress.IPv4Network(str(k8s[key]))
+            if subnet is not None and cidr.overlaps(subnet):
+                chk.error(f"kubernetes.{key}", k8s[key], f"overlaps the lab subnet {subnet}",
+                          "use a range the lab does not use, e.g. 10.233.0.0/18")
+        except ValueError:
+            chk.error(f"kubernetes.{key}", k8s[key], "is not an IPv4 network",
+                      "write it like 10.233.0.0/18")
+
+    nfs = d["nfs"]
+    if not isinstance(nfs["enabled"], bool):
+        chk.error("nfs.enabled", nfs["enabled"], "must be true or false", "write true or false")
+    if not isinstance(nfs["path"], str) or not nfs["path"].startswith("/"):
+        chk.error("nfs.path", nfs["path"], "must be an absolute path", "e.g. /srv/nfs/share")
+    tools = d["admin_tools"]
+    if not isinstance(tools, list):
+        chk.error("admin_tools", tools, "must be a list", "e.g. `admin_tools: [helm, k9s]`")
+        tools = []
+    for i, tool in enumerate(tools):
+        _choice(chk, f"admin_tools[{i}]", tool, ADMIN_TOOLS)
+
+    popts = d["provider_options"]
+    lv = popts["libvirt"]
+    _choice(chk, "provider_options.libvirt.driver", lv["driver"], ("kvm", "qemu"))
+    for key in ("emulator_path", "kernel", "initrd"):
+        if lv[key] is not None and not isinstance(lv[key], str):
+            chk.error(f"provider_options.libvirt.{key}", lv[key], "must be a path", "quote it")
+    if not isinstance(d["drills"], list):
+        chk.error("drills", d["drills"], "must be a list of drill steps",
+                  "e.g. `drills: [{fault: kill, target: k8s-node1}]`")
+
+    # memory against what the deployer needs
+    if deployer == "kubespray" and provider != "local":
+        for role in ("control_plane", "worker") + (("etcd",) if etcd_topology == "external" else ()):
+            g = groups[role]
+            if role != "control_plane" and g.count == 0:
+                continue
+            need = KUBESPRAY_MIN_MEMORY[role]
+            if g.memory < need:
+                chk.error(f"{role}.memory", g.memory, f"is below kubespray's minimum for "
+                          f"{role.replace('_', ' ')} nodes ({need} MiB, checked against the "
+                          "guest's MemTotal)", f"use at least {int(need * MEMTOTAL_MARGIN)} MiB"
+                          " or the `mini` scenario")
+            elif g.memory < need * MEMTOTAL_MARGIN:
+                chk.warn(f"{role}.memory", g.memory, f"is close to kubespray's minimum of {need}"
+                         " MiB; the guest's MemTotal is ~10 % lower than the VM's RAM and the "
+                         "preinstall check may fail", f"use at least {int(need * MEMTOTAL_MARGIN)}")
+        if lb_count and groups["admin_lb"].memory < 768:
+            chk.error("admin_lb.memory", groups["admin_lb"].memory, "admin-lb runs kubespray "
+                      "(ansible) and HAProxy and needs at least 768 MiB", "use 1024")
+
+    provisional = None
+    if not [p for p in chk.problems if p.severity == "error"]:
+        provisional = Scenario(
+            name=name, description=str(d["description"] or ""), case=case, provider=provider,
+            deployer=deployer, timezone=timezone, node_prefix=prefix,
+            box=Box(box_name, box["version"], os_name, family or "rhel",
+                    copy.deepcopy(box["providers"])),
+            network=Network(subnet, first, vip, lb_name, explicit),
+            admin_lb=groups["admin_lb"], load_balancer=load_balancer and lb_count > 0,
+            control_plane=groups["control_plane"], worker=groups["worker"],
+            etcd_topology=etcd_topology, etcd=groups["etcd"],
+            service_cidr=str(k8s["service_cidr"]), pod_cidr=str(k8s["pod_cidr"]),
+            kubespray=Kubespray(version, ks_source, kube["repo"], network_plugin, worker_proxy,
+                                copy.deepcopy(kube["extra_vars"])),
+            haproxy=HAProxy(health, timeouts, retries, ports["stats_port"], stats_path,
+                            ports["prometheus_port"]),
+            keepalived={"virtual_router_id": vrid, "advert_int": advert},
+            nfs_enabled=nfs["enabled"], nfs_path=nfs["path"], admin_tools=tuple(tools),
+            provider_options=copy.deepcopy(popts), drills=tuple(d["drills"]),
+            source=source,
+            raw=raw,
+        )
+        # address plan problems need the node list: the topology reports them
+        from .topology import plan_problems
+        for p in plan_problems(provisional):
+            chk.problems.append(Problem(chk.file_of(p.field), p.field, p.value, p.message,
+                                        p.fix, p.severity))
+    errors = [p for p in chk.problems if p.severity == "error"]
+    if errors:
+        raise ScenarioError(chk.problems)
+    warnings = tuple(p for p in chk.problems if p.severity != "error")
+    return _replace(provisional, warnings=warnings)
+
+
+def _replace(s: Scenario, **kw) -> Scenario:
+    from dataclasses import replace
+    return replace(s, **kw)

@@ -1,0 +1,263 @@
+"""Pure: a scenario's nodes, addresses, roles and the access paths of its Case."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from functools import cached_property
+
+from .errors import Problem
+from .scenario import Scenario
+
+API_PORT = 6443
+ROLE_ORDER = ("admin_lb", "control_plane", "worker", "etcd")
+ROLE_LABEL = {"admin_lb": "admin-lb (HAProxy, NFS, kubespray runner)",
+              "control_plane": "control plane + etcd", "worker": "worker",
+              "etcd": "external etcd"}
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    role: str
+    ip: ipaddress.IPv4Address
+    cpus: int
+    memory: int
+    index: int  # 1-based position within its role
+
+    @property
+    def is_control_plane(self) -> bool:
+        return self.role == "control_plane"
+
+    @property
+    def runs_etcd(self) -> bool:
+        return self.role == "etcd"
+
+
+@dataclass(frozen=True)
+class AccessPath:
+    """One way a client reaches the Kubernetes API in this Case."""
+
+    key: str          # stable id used by probes and reports: external, direct:<node>, worker:<node>
+    client: str       # who uses it, in the lab's words
+    runs_on: str      # where a probe of this path runs: "client" (the laptop) or a node name
+    server: str       # the URL the client is configured with
+    via: str          # what is in between
+    needs_lb: bool    # breaks when the external load balancer is down
+
+
+def _names(s: Scenario) -> list[tuple[str, str, int]]:
+    """(name, role, index) in address order: admin-lb(s), control planes, workers, etcd."""
+    out = []
+    lbs = s.admin_lb.count
+    for i in range(1, lbs + 1):
+        out.append(("admin-lb" if lbs == 1 else f"admin-lb{i}", "admin_lb", i))
+    n = 0
+    for role in ("control_plane", "worker"):
+        group = getattr(s, role)
+        for i in range(1, group.count + 1):
+            n += 1
+            out.append((f"{s.node_prefix}{n}", role, i))
+    if s.etcd_topology == "external":
+        for i in range(1, s.etcd.count + 1):
+            out.append((f"etcd{i}", "etcd", i))
+    return out
+
+
+def _allocate(s: Scenario):
+    """Assign addresses; returns (nodes, problems)."""
+    problems: list[Problem] = []
+    names = _names(s)
+    known = {n for n, _, _ in names}
+    for node in s.network.addresses:
+        if node not in known:
+            import difflib
+            close = difflib.get_close_matches(node, sorted(known), n=1)
+            problems.append(Problem(
+                "", f"network.addresses.{node}", str(s.network.addresses[node]),
+                "names no node of this scenario",
+                (f"did you mean {close[0]!r}? " if close else "") +
+                f"nodes: {', '.join(sorted(known))}"))
+    taken: dict[ipaddress.IPv4Address, str] = {}
+    if s.network.vip is not None:
+        taken[s.network.vip] = "network.vip"
+    for node, ip in s.network.addresses.items():
+        if node not in known:
+            continue
+        if ip in taken:
+            problems.append(Problem("", f"network.addresses.{node}", str(ip),
+                                    f"is already used by {taken[ip]}",
+                                    "give every node and the VIP its own address"))
+        taken.setdefault(ip, f"network.addresses.{node}")
+    subnet = s.network.subnet
+    last = subnet.broadcast_address - 1
+    cursor = s.network.first_address
+    nodes = []
+    for name, role, index in names:
+        ip = s.network.addresses.get(name)
+        if ip is None:
+            while cursor <= last and cursor in taken:
+                cursor += 1
+            if cursor > last:
+                need = len(names)
+                problems.append(Problem(
+                    "", "network.subnet", str(subnet),
+                    f"holds too few addresses from {s.network.first_address} on for "
+                    f"{need} nodes (ran out at {name})",
+                    "use a larger subnet (e.g. a /24), an earlier network.first_address, "
+                    "or fewer nodes"))
+                return [], problems
+            ip = cursor
+            taken[ip] = name
+        group = getattr(s, role)
+        nodes.append(Node(name, role, ip, group.cpus, group.memory, index))
+    return nodes, problems
+
+
+def plan_problems(s: Scenario) -> list[Problem]:
+    """Address-plan problems (used by scenario validation before anything is written)."""
+    return _allocate(s)[1]
+
+
+@dataclass(frozen=True)
+class Topology:
+    scenario: Scenario
+    nodes: tuple[Node, ...]
+
+    @classmethod
+    def of(cls, s: Scenario) -> "Topology":
+        nodes, problems = _allocate(s)
+        if problems:  # scenario.build already rejected these; keep the invariant loud
+            raise ValueError(problems[0].line())
+        return cls(s, tuple(nodes))
+
+    # ------------------------------------------------------------ lookups
+    def role(self, role: str) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.role == role)
+
+    @property
+    def name(self) -> str:
+        return self.scenario.name
+
+    @property
+    def case(self) -> int:
+        return self.scenario.case
+
+    @cached_property
+    def admin_lbs(self) -> tuple[Node, ...]:
+        return self.role("admin_lb")
+
+    @cached_property
+    def control_planes(self) -> tuple[Node, ...]:
+        return self.role("control_plane")
+
+    @cached_property
+    def workers(self) -> tuple[Node, ...]:
+        return self.role("worker")
+
+    @cached_property
+    def etcd_members(self) -> tuple[Node, ...]:
+        """Nodes that run etcd: the control planes (stacked) or the etcd nodes (external)."""
+        if self.scenario.etcd_topology == "external":
+            return self.role("etcd")
+        return self.control_planes
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def load_balancers(self) -> tuple[Node, ...]:
+        return self.admin_lbs if self.scenario.load_balancer else ()
+
+    @property
+    def lb_address(self) -> ipaddress.IPv4Address | None:
+        """The address clients use for the external LB: the VIP of an HA pair, else admin-lb."""
+        if not self.load_balancers:
+            return None
+        if len(self.load_balancers) > 1:
+            return self.scenario.network.vip
+        return self.load_balancers[0].ip
+
+    @property
+    def lb_name(self) -> str:
+        return self.scenario.network.lb_name
+
+    @property
+    def worker_proxy(self) -> str:
+        return self.scenario.kubespray.worker_proxy
+
+    @property
+    def workers_use_local_proxy(self) -> bool:
+        return self.case in (1, 2)
+
+    # ------------------------------------------------------------ access paths
+    def access_paths(self) -> tuple[AccessPath, ...]:
+        """Every path to the API server this Case defines, probes and verify use these."""
+        paths = [self.external_path()]
+        for cp in self.control_planes:
+            paths.append(AccessPath(
+                f"direct:{cp.name}", f"anyone, directly to {cp.name}", "client",
+                f"https://{cp.ip}:{API_PORT}", "direct", False))
+        for w in self.workers:
+            paths.append(self.worker_path(w))
+        return tuple(paths)
+
+    def external_path(self) -> AccessPath:
+        if self.case == 1:
+            cp = self.control_planes[0]
+            return AccessPath("external", "external kubectl (your laptop)", "client",
+                              f"https://{cp.ip}:{API_PORT}",
+                              f"direct to {cp.name}; switch contexts by hand if it fails", False)
+        via = (f"VIP {self.lb_address} (keepalived) -> HAProxy" if len(self.load_balancers) > 1
+               else f"HAProxy on {self.load_balancers[0].name}")
+        return AccessPath("external", "external kubectl (your laptop)", "client",
+                          f"https://{self.lb_address}:{API_PORT}",
+                          f"{via} -> {len(self.control_planes)} API servers", True)
+
+    def worker_path(self, w: Node) -> AccessPath:
+        n = len(self.control_planes)
+        if self.workers_use_local_proxy:
+            return AccessPath(f"worker:{w.name}", f"{w.name} kubelet/kube-proxy", w.name,
+                              f"https://localhost:{API_PORT}",
+                              f"{self.worker_proxy} proxy on {w.name} -> {n} API servers", False)
+        return AccessPath(f"worker:{w.name}", f"{w.name} kubelet/kube-proxy", w.name,
+                          f"https://{self.lb_name}:{API_PORT}",
+                          f"HAProxy at {self.lb_address} -> {n} API servers", True)
+
+    def client_kinds(self) -> list[tuple[str, str, str]]:
+        """(client kind, endpoint, via) for `halab show`."""
+        ext = self.external_path()
+        rows = [("external kubectl", ext.server, ext.via),
+                ("control-plane components", f"https://127.0.0.1:{API_PORT}",
+                 "each control plane's own API server")]
+        if self.workers:
+            w = self.worker_path(self.workers[0])
+            rows.append(("worker kubelet/kube-proxy", w.server, w.via.replace(
+                self.workers[0].name, "each worker")))
+        return rows
+
+    # ------------------------------------------------------------ hosts
+    def hosts_entries(self) -> list[tuple[str, str]]:
+        """(address, names) lines for every node's /etc/hosts, LB name included."""
+        rows = []
+        if self.lb_address is not None:
+            rows.append((str(self.lb_address), self.lb_name))
+        for n in self.nodes:
+            rows.append((str(n.ip), n.name))
+        return rows
+
+    def total_memory(self) -> int:
+        return sum(n.memory for n in self.nodes)
+
+    def total_cpus(self) -> int:
+        return sum(n.cpus for n in self.nodes)
+
+    def api_sans(self) -> list[str]:
+        """Extra API-server certificate SANs: the LB address and name (and each LB's own IP)."""
+        sans = []
+        if self.lb_address is not None:
+            sans += [str(self.lb_address), self.lb_name]
+            sans += [str(lb.ip) for lb in self.load_balancers if lb.ip != self.lb_address]
+        return sans
