@@ -56,6 +56,7 @@ class HAProxyRuntime:
     chroot: str | None = "/var/lib/haproxy"
     user: str | None = "haproxy"
     group: str | None = "haproxy"
+    log: str = "/dev/log"
 
 
 @dataclass(frozen=True)
@@ -234,12 +235,24 @@ def hosts_file(topo: Topology) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scenario_ref(source: str) -> str:
+    """How `halab` finds the scenario again: a bundled one by name, any other by its path.
+
+    The name (not the absolute path of the bundled file) keeps lab.json the same on
+    every machine and valid after halab is reinstalled elsewhere.
+    """
+    path = Path(source)
+    if path.suffix == ".yaml" and path.resolve().parent == resource_dir("scenarios").resolve():
+        return path.stem
+    return source
+
+
 def lab_json(topo: Topology) -> str:
     """A snapshot of the topology for commands that run later (status, drills, reports)."""
     s = topo.scenario
     data = {
         "name": s.name, "case": s.case, "provider": s.provider, "deployer": s.deployer,
-        "scenario": s.source, "subnet": str(s.network.subnet),
+        "scenario": scenario_ref(s.source), "subnet": str(s.network.subnet),
         "lb_address": str(topo.lb_address) if topo.lb_address else None,
         "lb_name": topo.lb_name if topo.lb_address else None,
         "nodes": [{"name": n.name, "role": n.role, "ip": str(n.ip), "cpus": n.cpus,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import ipaddress
+import math
 import re
 import zoneinfo
 from dataclasses import dataclass, field
@@ -314,9 +315,50 @@ def load_raw(ref: str, _chain: tuple = ()) -> tuple[dict, dict, Path]:
         raise
     own = {k: v for k, v in data.items() if k != "extends"}
     merged = _merge(base, own, origins, str(path))
+    _rebase_addresses(base, own, merged)
     merged.pop("extends", None)
     # a child that extends another keeps its own name unless it sets one
     return merged, origins, path
+
+
+def _rebase_addresses(base: dict, own: dict, merged: dict) -> None:
+    """A child that moves the lab to another subnet takes the inherited addresses along.
+
+    `extends: case2` plus `network: {subnet: 192.168.56.0/24}` (VirtualBox's default
+    host-only range) should just work: every address the child does not set itself
+    (first_address, vip, addresses) keeps its host part (.10 stays .10) in the new
+    subnet. Addresses that do not fit are left alone for validation to report.
+    """
+    own_net, base_net, net = own.get("network"), base.get("network"), merged.get("network")
+    if not (isinstance(own_net, dict) and "subnet" in own_net and isinstance(net, dict)):
+        return
+    base_net = base_net if isinstance(base_net, dict) else {}
+    try:
+        old = ipaddress.IPv4Network(str(base_net.get("subnet", SCHEMA["network"]["subnet"])))
+        new = ipaddress.IPv4Network(str(own_net["subnet"]))
+    except ValueError:
+        return
+    if old == new:
+        return
+
+    def move(value):
+        try:
+            ip = ipaddress.IPv4Address(str(value))
+        except ValueError:
+            return value
+        offset = int(ip) - int(old.network_address)
+        if ip not in old or offset >= new.num_addresses:
+            return value
+        return str(new.network_address + offset)
+
+    for key in ("first_address", "vip"):
+        if key not in own_net and net.get(key) is not None:
+            net[key] = move(net[key])
+    addresses = net.get("addresses")
+    if isinstance(addresses, dict):
+        mine = own_net.get("addresses") if isinstance(own_net.get("addresses"), dict) else {}
+        net["addresses"] = {node: value if node in mine else move(value)
+                            for node, value in addresses.items()}
 
 
 def load(ref: str, provider: str | None = None) -> Scenario:
@@ -343,8 +385,9 @@ class _Checker:
             path = path.rpartition(".")[0]
         return _short(self.source)
 
-    def error(self, path, value, message, fix):
-        self.problems.append(Problem(self.file_of(path), path, value, message, fix))
+    def error(self, path, value, message, fix, blame=None):
+        """`blame`: the field whose file caused a problem with a field that is not set."""
+        self.problems.append(Problem(self.file_of(blame or path), path, value, message, fix))
 
     def warn(self, path, value, message, fix):
         self.problems.append(Problem(self.file_of(path), path, value, message, fix, "warning"))
@@ -364,7 +407,7 @@ def _check_keys(data: dict, schema: dict, chk: _Checker, prefix: str = "") -> di
         path = f"{prefix}{key}"
         if not isinstance(key, str) or key not in schema:
             close = difflib.get_close_matches(str(key), list(schema), n=1, cutoff=0.6)
-            fix = f"did you mean {prefix}{close[0]!r}?" if close else \
+            fix = f"did you mean {prefix + close[0]!r}?" if close else \
                 f"remove it; known keys here: {', '.join(schema)}"
             chk.error(path, value, "unknown key", fix)
             continue
@@ -538,9 +581,16 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     for prov, override in box["providers"].items():
         if prov not in PROVIDERS:
             _choice(chk, f"box.providers.{prov}", prov, PROVIDERS)
-        elif not isinstance(override, dict) or set(override) - {"name", "version"}:
+        elif not isinstance(override, dict):
             chk.error(f"box.providers.{prov}", override, "must map to {name, version}",
                       "e.g. `libvirt: {name: generic/rocky9}`")
+        else:
+            # per key, so that the message names the file that added it (not the parent's)
+            for key in sorted(set(override) - {"name", "version"}, key=str):
+                close = difflib.get_close_matches(str(key), ["name", "version"], n=1)
+                chk.error(f"box.providers.{prov}.{key}", override[key], "unknown key",
+                          (f"did you mean 'box.providers.{prov}.{close[0]}'? " if close else "")
+                          + "a box override has only `name` and `version`")
 
     kube = d["kubespray"]
     version = kube["version"]
@@ -614,7 +664,8 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     vip = address("network.vip", net["vip"]) if net["vip"] is not None else None
     if lb_count > 1 and load_balancer and vip is None and net["vip"] is None:
         chk.error("network.vip", MISSING, f"{lb_count} load balancers need a virtual IP that "
-                  "keepalived moves between them", "add `vip: <free address in the subnet>`")
+                  "keepalived moves between them", "add `vip: <free address in the subnet>`",
+                  blame="admin_lb.count")
     if vip is not None and not (lb_count > 1 and load_balancer):
         chk.warn("network.vip", str(vip), "a virtual IP is only used with two or more "
                  "load balancers (keepalived)", "remove it or set admin_lb.count: 2")
@@ -712,12 +763,14 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
             if g.memory < need:
                 chk.error(f"{role}.memory", g.memory, f"is below kubespray's minimum for "
                           f"{role.replace('_', ' ')} nodes ({need} MiB, checked against the "
-                          "guest's MemTotal)", f"use at least {int(need * MEMTOTAL_MARGIN)} MiB"
-                          " or the `mini` scenario")
+                          "guest's MemTotal)",
+                          f"use at least {math.ceil(need * MEMTOTAL_MARGIN)} MiB or the `mini` "
+                          "scenario")
             elif g.memory < need * MEMTOTAL_MARGIN:
                 chk.warn(f"{role}.memory", g.memory, f"is close to kubespray's minimum of {need}"
                          " MiB; the guest's MemTotal is ~10 % lower than the VM's RAM and the "
-                         "preinstall check may fail", f"use at least {int(need * MEMTOTAL_MARGIN)}")
+                         "preinstall check may fail",
+                         f"use at least {math.ceil(need * MEMTOTAL_MARGIN)}")
         if lb_count and groups["admin_lb"].memory < 768:
             chk.error("admin_lb.memory", groups["admin_lb"].memory, "admin-lb runs kubespray "
                       "(ansible) and HAProxy and needs at least 768 MiB", "use 1024")

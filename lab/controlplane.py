@@ -1,0 +1,202 @@
+"""halab's own control-plane deployment ("static" deployer), as a pure plan.
+
+`plan()` turns a topology into the programs each node runs (etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, HAProxy, keepalived, the workers' nginx
+proxy), with their files and flags. The local provider runs the plan in network
+namespaces; the VM provider runs the same plan over SSH as systemd units. There
+is no kubelet: this is a control-plane lab (see README).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from . import kubeconfig, render
+from .procs import ServiceSpec
+from .topology import API_PORT, Node, Topology
+
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things are on one node (a folder of the lab dir locally, /var/lib/halab on a VM)."""
+
+    base: str                 # node's own folder: pki/, etcd data, configs
+    k8s_bin: str              # folder with kube-apiserver, kube-controller-manager, kube-scheduler
+    etcd: str = "etcd"
+    haproxy: str = "haproxy"
+    nginx: str = "nginx"
+    keepalived: str = "keepalived"
+    nginx_modules: tuple = ()
+    local: bool = True        # local provider (runtime paths inside `base`) or a VM
+
+    def p(self, *parts: str) -> str:
+        return str(PurePosixPath(self.base, *parts))
+
+
+def etcd_initial_cluster(topo: Topology) -> str:
+    return ",".join(f"etcd{i}=https://{m.ip}:{ETCD_PEER_PORT}"
+                    for i, m in enumerate(topo.etcd_members, 1))
+
+
+def etcd_endpoints(topo: Topology) -> str:
+    return ",".join(f"https://{m.ip}:{ETCD_CLIENT_PORT}" for m in topo.etcd_members)
+
+
+def _pki_files(lay: Layout, pki: dict, names: list[str]) -> dict:
+    return {lay.p("pki", n): pki[n] for n in names}
+
+
+def etcd_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
+    index = topo.etcd_members.index(node) + 1
+    name = f"etcd{index}"
+    files = _pki_files(lay, pki, ["ca.crt", f"etcd/{node.name}-server.crt",
+                                  f"etcd/{node.name}-server.key", f"etcd/{node.name}-peer.crt",
+                                  f"etcd/{node.name}-peer.key"])
+    argv = (
+        lay.etcd, f"--name={name}", f"--data-dir={lay.p('etcd')}",
+        f"--listen-client-urls=https://{node.ip}:{ETCD_CLIENT_PORT},https://127.0.0.1:{ETCD_CLIENT_PORT}",
+        f"--advertise-client-urls=https://{node.ip}:{ETCD_CLIENT_PORT}",
+        f"--listen-peer-urls=https://{node.ip}:{ETCD_PEER_PORT}",
+        f"--initial-advertise-peer-urls=https://{node.ip}:{ETCD_PEER_PORT}",
+        f"--initial-cluster={etcd_initial_cluster(topo)}",
+        f"--initial-cluster-token=halab-{topo.name}", "--initial-cluster-state=new",
+        f"--cert-file={lay.p('pki', 'etcd', node.name + '-server.crt')}",
+        f"--key-file={lay.p('pki', 'etcd', node.name + '-server.key')}",
+        f"--trusted-ca-file={lay.p('pki', 'ca.crt')}", "--client-cert-auth=true",
+        f"--peer-cert-file={lay.p('pki', 'etcd', node.name + '-peer.crt')}",
+        f"--peer-key-file={lay.p('pki', 'etcd', node.name + '-peer.key')}",
+        f"--peer-trusted-ca-file={lay.p('pki', 'ca.crt')}", "--peer-client-cert-auth=true",
+        # kubespray's tuning (REFERENCE.md section 4)
+        "--heartbeat-interval=250", "--election-timeout=5000",
+        "--logger=zap", "--log-outputs=stderr",
+    )
+    return ServiceSpec(node.name, "etcd", argv, files)
+
+
+def apiserver_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
+    s = topo.scenario
+    files = _pki_files(lay, pki, ["ca.crt", "ca.key", "sa.key", "sa.pub",
+                                  f"apiserver/{node.name}.crt", f"apiserver/{node.name}.key",
+                                  "apiserver-etcd-client.crt", "apiserver-etcd-client.key"])
+    pk = lambda *n: lay.p("pki", *n)  # noqa: E731
+    argv = (
+        f"{lay.k8s_bin}/kube-apiserver",
+        f"--advertise-address={node.ip}", "--bind-address=0.0.0.0", f"--secure-port={API_PORT}",
+        f"--etcd-servers={etcd_endpoints(topo)}",
+        f"--etcd-cafile={pk('ca.crt')}", f"--etcd-certfile={pk('apiserver-etcd-client.crt')}",
+        f"--etcd-keyfile={pk('apiserver-etcd-client.key')}",
+        f"--client-ca-file={pk('ca.crt')}",
+        f"--tls-cert-file={pk('apiserver', node.name + '.crt')}",
+        f"--tls-private-key-file={pk('apiserver', node.name + '.key')}",
+        f"--service-account-key-file={pk('sa.pub')}",
+        f"--service-account-signing-key-file={pk('sa.key')}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-cluster-ip-range={s.service_cidr}",
+        "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=true", "--anonymous-auth=true", "--profiling=false",
+        "--endpoint-reconciler-type=lease",
+        # kubespray sets no --shutdown-delay-duration either (REFERENCE.md section 3)
+    )
+    return ServiceSpec(node.name, "kube-apiserver", argv, files,
+                       ready_url=f"https://{node.ip}:{API_PORT}/readyz")
+
+
+def _component_kubeconfig(topo: Topology, pki: dict, who: str) -> str:
+    ctx = [(f"{topo.name}-local", f"https://127.0.0.1:{API_PORT}")]
+    cfg = kubeconfig.build(topo, pki["ca.crt"], pki[f"{who}.crt"], pki[f"{who}.key"],
+                           user=who, only=ctx)
+    return kubeconfig.dump(cfg)
+
+
+def controller_manager_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
+    s = topo.scenario
+    kc = lay.p("controller-manager.kubeconfig")
+    files = {kc: _component_kubeconfig(topo, pki, "controller-manager"),
+             **_pki_files(lay, pki, ["ca.crt", "ca.key", "sa.key"])}
+    argv = (
+        f"{lay.k8s_bin}/kube-controller-manager",
+        f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--leader-elect=true", "--leader-elect-resource-lock=leases",
+        "--bind-address=127.0.0.1", "--secure-port=10257", "--port=0",
+        f"--service-account-private-key-file={lay.p('pki', 'sa.key')}",
+        f"--root-ca-file={lay.p('pki', 'ca.crt')}",
+        f"--cluster-signing-cert-file={lay.p('pki', 'ca.crt')}",
+        f"--cluster-signing-key-file={lay.p('pki', 'ca.key')}",
+        "--use-service-account-credentials=true",
+        # otherwise it creates /usr/libexec/kubernetes/... on the host
+        f"--flex-volume-plugin-dir={lay.p('flexvolume')}",
+        f"--service-cluster-ip-range={s.service_cidr}",
+    )
+    return ServiceSpec(node.name, "kube-controller-manager", argv, files)
+
+
+def scheduler_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
+    kc = lay.p("scheduler.kubeconfig")
+    files = {kc: _component_kubeconfig(topo, pki, "scheduler")}
+    argv = (
+        f"{lay.k8s_bin}/kube-scheduler", f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+        "--leader-elect=true", "--leader-elect-resource-lock=leases",
+        "--bind-address=127.0.0.1", "--secure-port=10259", "--port=0",
+    )
+    return ServiceSpec(node.name, "kube-scheduler", argv, files)
+
+
+def haproxy_runtime(lay: Layout) -> render.HAProxyRuntime:
+    if not lay.local:
+        return render.HAProxyRuntime()
+    return render.HAProxyRuntime(stats_socket=lay.p("haproxy.sock"),
+                                 pidfile=lay.p("haproxy.pid"), chroot=None, user=None,
+                                 group=None, log="stdout format raw")
+
+
+def haproxy_spec(topo: Topology, node: Node, lay: Layout) -> ServiceSpec:
+    cfg = lay.p("haproxy.cfg")
+    text = render.haproxy_cfg(topo, node, haproxy_runtime(lay))
+    return ServiceSpec(node.name, "haproxy", (lay.haproxy, "-W", "-db", "-f", cfg),
+                       {cfg: text})
+
+
+def keepalived_spec(topo: Topology, node: Node, lay: Layout, secrets, iface: str) -> ServiceSpec:
+    cfg = lay.p("keepalived.conf")
+    pidfile = haproxy_runtime(lay).pidfile
+    text = render.keepalived_conf(topo, node, secrets, interface=iface,
+                                  check_command=f"/bin/sh -c 'kill -0 $(cat {pidfile})'")
+    argv = (lay.keepalived, "--dont-fork", "--log-console", "--log-detail", "--vrrp",
+            "-f", cfg, "-p", lay.p("keepalived.pid"), "-r", lay.p("keepalived-vrrp.pid"))
+    return ServiceSpec(node.name, "keepalived", argv, {cfg: text})
+
+
+def nginx_spec(topo: Topology, node: Node, lay: Layout) -> ServiceSpec:
+    conf = lay.p("nginx", "nginx.conf")
+    runtime = render.NginxRuntime(error_log="stderr", pidfile=lay.p("nginx", "nginx.pid"),
+                                  daemon=False, modules=lay.nginx_modules,
+                                  temp_dir=lay.p("nginx"))
+    text = render.nginx_proxy_conf(topo, node, runtime)
+    return ServiceSpec(node.name, "nginx-proxy",
+                       (lay.nginx, "-p", lay.p("nginx"), "-c", conf), {conf: text})
+
+
+def plan(topo: Topology, pki: dict, layout_of, secrets, iface: str = "lab0") -> list[ServiceSpec]:
+    """Every program of the lab, in start order (etcd, API servers, components, LBs, proxies)."""
+    specs: list[ServiceSpec] = []
+    for m in topo.etcd_members:
+        specs.append(etcd_spec(topo, m, layout_of(m.name), pki))
+    for cp in topo.control_planes:
+        specs.append(apiserver_spec(topo, cp, layout_of(cp.name), pki))
+    for cp in topo.control_planes:
+        lay = layout_of(cp.name)
+        specs += [controller_manager_spec(topo, cp, lay, pki),
+                  scheduler_spec(topo, cp, lay, pki)]
+    for lb in topo.load_balancers:
+        specs.append(haproxy_spec(topo, lb, layout_of(lb.name)))
+        if len(topo.load_balancers) > 1:
+            specs.append(keepalived_spec(topo, lb, layout_of(lb.name), secrets, iface))
+    if topo.workers_use_local_proxy:
+        for w in topo.workers:
+            specs.append(nginx_spec(topo, w, layout_of(w.name)))
+    return specs

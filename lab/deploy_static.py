@@ -1,0 +1,75 @@
+"""Deploy halab's own control plane (the `static` deployer) on any provider.
+
+The provider supplies where files go (`layout`), how programs start (`start`) and
+how commands run on a node (`run`); this module decides what runs. The local
+provider and VMs share it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import kubeconfig, pki as pkilib
+from .errors import HalabError
+from .labdir import Lab
+from .render import LabSecrets
+from .topology import API_PORT, Topology
+
+
+def load_or_create_pki(lab: Lab, topo: Topology) -> dict:
+    """The lab's certificates: generated once, kept in `<lab>/pki/`."""
+    folder = lab.path / "pki"
+    if (folder / "ca.crt").exists():
+        return {str(p.relative_to(folder)): p.read_bytes()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = pkilib.lab_pki(topo)
+    for rel, data in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600 if rel.endswith(".key") else 0o644)
+        path.write_bytes(data)
+    return files
+
+
+def admin_kubeconfig(topo: Topology, pki: dict, current: str | None = None) -> dict:
+    return kubeconfig.build(topo, pki["ca.crt"], pki["admin.crt"], pki["admin.key"],
+                            current=current or kubeconfig.default_context(topo))
+
+
+def worker_kubeconfig(topo: Topology, pki: dict, worker) -> dict:
+    """What the worker's kubelet would use: localhost proxy (Cases 1/2) or the LB name (Case 3)."""
+    path = topo.worker_path(worker)
+    return kubeconfig.build(topo, pki["ca.crt"], pki["admin.crt"], pki["admin.key"],
+                            user=f"{worker.name}-kubelet",
+                            only=[(f"{topo.name}-{worker.name}-kubelet", path.server)])
+
+
+def write_kubeconfigs(lab: Lab, topo: Topology, pki: dict, layout_of) -> None:
+    kubeconfig.write(lab.kubeconfig, admin_kubeconfig(topo, pki))
+    for w in topo.workers:
+        kubeconfig.write(Path(layout_of(w.name).p("kubeconfig")), worker_kubeconfig(topo, pki, w))
+
+
+def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
+           timeout: float = 180) -> dict:
+    """Start every program of the plan and wait until every access path answers."""
+    secrets = LabSecrets.load(lab.path / "keys")
+    t0 = time.monotonic()
+    with lab.step("deploy"):
+        pki = load_or_create_pki(lab, topo)
+        specs = provider.plan(pki, secrets)
+        taken = provider.ports_taken(specs)
+        if taken:
+            raise HalabError("; ".join(taken),
+                             hint="stop that process, or `halab destroy` and `halab up` again")
+        lab.update(deploy={"state": "starting", "deployer": "static"})
+        provider.start(specs, progress)
+        write_kubeconfigs(lab, topo, pki, provider.layout)
+        progress("waiting for every access path to answer /readyz")
+        from .verify import wait_ready
+        ready = wait_ready(lab, topo, provider, timeout=timeout, progress=progress)
+    seconds = round(time.monotonic() - t0, 1)
+    lab.update(deploy={"state": "deployed", "deployer": "static", "seconds": seconds,
+                       "ready_paths": ready})
+    return {"seconds": seconds}

@@ -1,0 +1,117 @@
+"""The lab's kubeconfig: one context per access path, and merging into ~/.kube/config."""
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import yaml
+
+from .errors import HalabError
+from .topology import API_PORT, Topology
+
+
+def _b64(data: bytes | str) -> str:
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.b64encode(data).decode()
+
+
+def contexts(topo: Topology) -> list[tuple[str, str]]:
+    """(context name, server URL): `<lab>-lb` through the LB/VIP, `<lab>-<node>` per control plane."""
+    out = []
+    if topo.lb_address is not None:
+        out.append((f"{topo.name}-lb", f"https://{topo.lb_address}:{API_PORT}"))
+    for cp in topo.control_planes:
+        out.append((f"{topo.name}-{cp.name}", f"https://{cp.ip}:{API_PORT}"))
+    return out
+
+
+def default_context(topo: Topology) -> str:
+    """The context the Case intends for external users: the LB in Cases 2/3, else node1."""
+    return contexts(topo)[0][0]
+
+
+def build(topo: Topology, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
+          user: str | None = None, only: list[tuple[str, str]] | None = None,
+          current: str | None = None) -> dict:
+    """A kubeconfig dict with embedded credentials and one cluster+context per access path."""
+    user = user or f"{topo.name}-admin"
+    ctxs = only if only is not None else contexts(topo)
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [{"name": name, "cluster": {"server": server,
+                                                 "certificate-authority-data": _b64(ca_pem)}}
+                     for name, server in ctxs],
+        "users": [{"name": user, "user": {"client-certificate-data": _b64(cert_pem),
+                                          "client-key-data": _b64(key_pem)}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": user}}
+                     for name, _ in ctxs],
+        "current-context": current or (ctxs[0][0] if ctxs else ""),
+    }
+
+
+def dump(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def write(path: Path, config: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
+    tmp.write_text(dump(config))
+    os.replace(tmp, path)
+
+
+def user_kubeconfig_path() -> Path:
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        return Path(env.split(os.pathsep)[0]).expanduser()
+    return Path.home() / ".kube" / "config"
+
+
+def merge(into: dict, lab_config: dict) -> tuple[dict, list[str]]:
+    """Merge a lab's clusters/users/contexts into another kubeconfig (pure).
+
+    Entries with the same name are replaced (they belong to this lab); everything
+    else is kept. The current context is left alone unless the file had none.
+    Returns (merged config, names added).
+    """
+    out = dict(into) if into else {"apiVersion": "v1", "kind": "Config", "preferences": {}}
+    added = []
+    for section in ("clusters", "users", "contexts"):
+        ours = {e["name"]: e for e in lab_config.get(section, [])}
+        theirs = [e for e in (out.get(section) or []) if e.get("name") not in ours]
+        out[section] = theirs + list(ours.values())
+        added += [f"{section}/{n}" for n in ours]
+    if not out.get("current-context"):
+        out["current-context"] = lab_config.get("current-context", "")
+    return out, added
+
+
+def unmerge(config: dict, names: list[str]) -> dict:
+    """Remove the entries `merge` added (names like 'contexts/case2-lb')."""
+    out = dict(config)
+    for section in ("clusters", "users", "contexts"):
+        drop = {n.split("/", 1)[1] for n in names if n.startswith(section + "/")}
+        out[section] = [e for e in (out.get(section) or []) if e.get("name") not in drop]
+    if out.get("current-context") and out["current-context"] not in {
+            c["name"] for c in out.get("contexts", [])}:
+        out["current-context"] = ""
+    return out
+
+
+def load(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise HalabError(f"{path} is not valid YAML ({exc})",
+                         hint="fix it or point KUBECONFIG elsewhere before merging") from exc
+    if not isinstance(data, dict):
+        raise HalabError(f"{path} is not a kubeconfig", hint="fix it before merging")
+    return data

@@ -1,0 +1,250 @@
+"""The local provider: every node is a network namespace, every service a real process.
+
+Layout in the lab directory:
+    nodes/<node>/      the node's files (pki, etcd data, configs)
+    run/<node>/*.pid   PID files (procs.Supervisor)
+    logs/<node>/*.log  every process's output
+The student's laptop is the `client` namespace, with the subnet's first address
+(the address VirtualBox/libvirt give the host on a host-only network).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .. import controlplane, kubeconfig, netns, render
+from ..errors import HalabError
+from ..labdir import Lab
+from ..procs import Supervisor
+from ..topology import API_PORT, Topology
+
+CLIENT = "client"
+REQUIRED_PROGRAMS = {"etcd": "etcd-server", "haproxy": "haproxy", "nginx": "nginx-light",
+                     "keepalived": "keepalived", "ip": "iproute2", "unshare": "util-linux"}
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise HalabError("the local provider needs root (it creates network namespaces)",
+                         code=2, hint="run it with sudo, e.g. `sudo halab up case2 --provider local`")
+
+
+def missing_programs(topo: Topology) -> list[tuple[str, str]]:
+    needed = ["ip", "unshare", "etcd"]
+    if topo.load_balancers:
+        needed.append("haproxy")
+    if len(topo.load_balancers) > 1:
+        needed.append("keepalived")
+    if topo.workers_use_local_proxy and topo.workers:
+        needed.append("nginx")
+    return [(p, REQUIRED_PROGRAMS[p]) for p in needed if shutil.which(p) is None]
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, lab: Lab, topo: Topology, k8s_bin_dir: str | None = None):
+        self.lab = lab
+        self.topo = topo
+        self.k8s_bin_dir = k8s_bin_dir
+        self.sup = Supervisor(lab.run, lab.logs, self.ns)
+
+    @property
+    def kubectl(self) -> str:
+        """The kubectl matching the control plane's version when halab has it."""
+        if self.k8s_bin_dir and (Path(self.k8s_bin_dir) / "kubectl").exists():
+            return str(Path(self.k8s_bin_dir) / "kubectl")
+        return shutil.which("kubectl") or "kubectl"
+
+    # ------------------------------------------------------------ naming
+    def ns(self, node: str) -> str:
+        if node == CLIENT:
+            return netns.client_ns(self.topo.name)
+        return netns.ns_name(self.topo.name, node)
+
+    @property
+    def bridge(self) -> str:
+        return netns.bridge_ns(self.topo.name)
+
+    def ports(self) -> list[tuple[str, netns.Port]]:
+        prefix = self.topo.scenario.network.subnet.prefixlen
+        client_ip = next(self.topo.scenario.network.subnet.hosts())
+        out = [(CLIENT, netns.Port(self.ns(CLIENT), "p0", f"{client_ip}/{prefix}"))]
+        for i, n in enumerate(self.topo.nodes, 1):
+            out.append((n.name, netns.Port(self.ns(n.name), f"p{i}", f"{n.ip}/{prefix}")))
+        return out
+
+    def port_of(self, node: str) -> netns.Port:
+        return dict(self.ports())[node]
+
+    def layout(self, node: str) -> controlplane.Layout:
+        modules = (NGINX_STREAM_MODULE,) if Path(NGINX_STREAM_MODULE).exists() else ()
+        return controlplane.Layout(base=str(self.lab.path / "nodes" / node),
+                                   k8s_bin=self.k8s_bin_dir or "", nginx_modules=modules,
+                                   local=True)
+
+    # ------------------------------------------------------------ checks
+    def preflight(self, need_k8s: bool = True) -> None:
+        require_root()
+        missing = missing_programs(self.topo)
+        if missing:
+            pkgs = " ".join(sorted({pkg for _, pkg in missing}))
+            raise HalabError(f"programs the local provider runs are missing: "
+                             f"{', '.join(p for p, _ in missing)}",
+                             hint=f"apt-get install {pkgs}")
+        if need_k8s and not self.k8s_bin_dir:
+            raise HalabError("no Kubernetes binaries", hint="see `halab fetch-k8s --help`")
+
+    def ports_taken(self, specs) -> list[str]:
+        """Ports our services need that something else in their namespace already holds."""
+        wanted = {"etcd": (2379, 2380), "kube-apiserver": (API_PORT,),
+                  "kube-controller-manager": (10257,), "kube-scheduler": (10259,),
+                  "haproxy": (API_PORT,), "nginx-proxy": (API_PORT,)}
+        problems = []
+        for spec in specs:
+            if self.sup.pid(spec.node, spec.name) is not None:
+                continue
+            out = self.run(spec.node, ["ss", "-Htlnp"], timeout=10).stdout
+            for port in wanted.get(spec.name, ()):
+                for line in out.splitlines():
+                    cols = line.split()
+                    if len(cols) >= 4 and cols[3].rsplit(":", 1)[-1] == str(port):
+                        who = cols[5] if len(cols) > 5 else "an unknown process"
+                        problems.append(f"{spec.node}: port {port} for {spec.name} is held by {who}")
+                        break
+        return problems
+
+    # ------------------------------------------------------------ machines
+    def up(self, progress=lambda msg: None) -> None:
+        """Namespaces, bridge, links and hosts files (idempotent)."""
+        progress(f"lab network {self.topo.scenario.network.subnet} on bridge namespace {self.bridge}")
+        netns.create_bridge(self.bridge)
+        hosts = render.hosts_file(self.topo)
+        for node, port in self.ports():
+            netns.attach(self.bridge, port)
+            netns.write_hosts(port.ns, hosts)
+            if len(self.topo.load_balancers) > 1 and node in {n.name for n in self.topo.load_balancers}:
+                # both HAProxies bind the VIP; only the keepalived master holds it
+                netns.sh(netns.exec_prefix(port.ns) + ["sysctl", "-q", "-w",
+                                                       "net.ipv4.ip_nonlocal_bind=1"])
+            progress(f"{node}: namespace {port.ns} with {port.address}")
+        self.lab.update(machines={n: "running" for n, _ in self.ports()})
+
+    def machine_state(self, node: str) -> str:
+        port = self.port_of(node)
+        if not netns.exists(port.ns):
+            return "not_created"
+        if not netns.link_is_up(self.bridge, port.bridge_port):
+            down = self.lab.state().get("faults", {}).get(node)
+            return "poweroff" if down in ("kill", None) else "partitioned"
+        if any(self.sup.state(n, s) == "frozen" for n, s in self.sup.services(node)):
+            return "frozen"
+        return "running"
+
+    def destroy(self, progress=lambda msg: None) -> list[str]:
+        """Kill every process, delete every namespace; returns what was left (should be [])."""
+        for node, name in self.sup.services():
+            self.sup.stop(node, name, timeout=2, hard=True)
+        self._kill_stragglers()
+        for ns in netns.lab_namespaces(self.topo.name):
+            netns.delete(ns)
+            progress(f"deleted namespace {ns}")
+        for ns in [p.ns for _, p in self.ports()] + [self.bridge]:
+            netns.delete(ns)
+        return self.leftovers()
+
+    def _kill_stragglers(self) -> None:
+        """Processes still inside our namespaces (e.g. started by a killed halab)."""
+        for ns in netns.lab_namespaces(self.topo.name):
+            cp = netns.sh(["ip", "netns", "pids", ns], check=False)
+            for pid in cp.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+
+    def leftovers(self) -> list[str]:
+        left = [f"namespace {ns}" for ns in netns.lab_namespaces(self.topo.name)]
+        left += [f"process {n}/{s}" for n, s in self.sup.services() if self.sup.pid(n, s)]
+        left += [f"hosts {p}" for p in Path(netns.NETNS_ETC).glob(f"halab-{self.topo.name}[-.]*")]
+        return left
+
+    # ------------------------------------------------------------ control plane
+    def plan(self, pki: dict, secrets) -> list:
+        return controlplane.plan(self.topo, pki, self.layout, secrets, netns.LAB_IFACE)
+
+    def start(self, specs, progress=lambda msg: None) -> None:
+        for spec in specs:
+            pid = self.sup.start(spec)
+            progress(f"{spec.node}: {spec.name} (pid {pid})")
+
+    def dead_services(self, specs=None) -> list[str]:
+        """Services of the plan that are not running, each with the last line of its log."""
+        dead = []
+        faults = self.lab.state().get("faults", {})
+        for node, name in self.sup.services():
+            if faults.get(node):
+                continue
+            if self.sup.pid(node, name) is None or self.sup.restarts(node, name) >= 5:
+                dead.append(f"{node}/{name}: {_last_line(self.sup.log(node, name))}")
+        return dead
+
+    # ------------------------------------------------------------ running commands
+    def run(self, node: str, argv: list[str], timeout: float = 30,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command on a node (or the client) and wait for it."""
+        try:
+            return subprocess.run(netns.exec_prefix(self.ns(node)) + list(argv),
+                                  capture_output=True, text=True, timeout=timeout, input=input)
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(argv, 124, exc.stdout or "",
+                                               (exc.stderr or "") + "\ntimed out")
+
+    def popen(self, node: str, argv: list[str], **kw) -> subprocess.Popen:
+        return subprocess.Popen(netns.exec_prefix(self.ns(node)) + list(argv), **kw)
+
+    def haproxy_socket(self, lb: str) -> Path:
+        return Path(controlplane.haproxy_runtime(self.layout(lb)).stats_socket)
+
+    # ------------------------------------------------------------ faults (drill primitives)
+    def power_off(self, node: str) -> None:
+        """Like pulling the plug: SIGKILL everything, then the cable (no RST, packets vanish)."""
+        netns.set_link(self.bridge, self.port_of(node).bridge_port, up=False)
+        for n, name in self.sup.services(node):
+            self.sup.signal(n, name, signal.SIGKILL)
+        for n, name in self.sup.services(node):
+            self.sup.stop(n, name, timeout=2, hard=True)
+
+    def power_on(self, node: str, specs) -> None:
+        netns.set_link(self.bridge, self.port_of(node).bridge_port, up=True)
+        self.start([s for s in specs if s.node == node])
+
+    def freeze(self, node: str) -> list[str]:
+        return self.sup.signal_all(node, signal.SIGSTOP)
+
+    def thaw(self, node: str) -> list[str]:
+        return self.sup.signal_all(node, signal.SIGCONT)
+
+    def partition(self, node: str) -> None:
+        netns.set_link(self.bridge, self.port_of(node).bridge_port, up=False)
+
+    def heal(self, node: str) -> None:
+        netns.set_link(self.bridge, self.port_of(node).bridge_port, up=True)
+
+    def stop_service(self, node: str, name: str, hard: bool = False) -> None:
+        self.sup.stop(node, name, hard=hard)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        from ..procs import RESTART_MARK
+        lines = [l for l in path.read_text(errors="replace").splitlines()
+                 if l.strip() and RESTART_MARK not in l]
+    except OSError:
+        return "no log"
+    return lines[-1][:200] if lines else "empty log"

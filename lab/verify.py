@@ -1,0 +1,182 @@
+"""`halab verify`: every access path answers, HAProxy backends are UP, leases are held.
+
+Checks run through the provider (`run(node, argv)`), so the same code verifies a
+local lab (namespaces) and a VM lab (SSH).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .topology import AccessPath, Topology
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    target: str
+    ok: bool
+    detail: str
+    advice: str = ""
+
+
+def kubectl_for(provider) -> str:
+    return provider.kubectl if getattr(provider, "kubectl", None) else "kubectl"
+
+
+def path_command(lab, topo: Topology, provider, path: AccessPath, timeout: str = "3s",
+                 args: tuple = ("get", "--raw", "/readyz")) -> tuple[str, list[str]]:
+    """(node to run on, argv) that sends one request along `path`."""
+    kubectl = kubectl_for(provider)
+    if path.runs_on == "client":
+        context = (f"{topo.name}-{path.key.split(':', 1)[1]}" if path.key.startswith("direct:")
+                   else _external_context(topo))
+        kc = str(lab.kubeconfig)
+        return "client", [kubectl, f"--kubeconfig={kc}", f"--context={context}",
+                          f"--request-timeout={timeout}", *args]
+    kc = provider.layout(path.runs_on).p("kubeconfig")
+    return path.runs_on, [kubectl, f"--kubeconfig={kc}", f"--request-timeout={timeout}", *args]
+
+
+def _external_context(topo: Topology) -> str:
+    from .kubeconfig import default_context
+    return default_context(topo)
+
+
+def check_path(lab, topo, provider, path: AccessPath, timeout: str = "3s") -> Check:
+    node, argv = path_command(lab, topo, provider, path, timeout)
+    cp = provider.run(node, argv, timeout=15)
+    out = (cp.stdout or "").strip()
+    ok = cp.returncode == 0 and out == "ok"
+    detail = "ok" if ok else _first_line(cp.stderr or out)
+    return Check("access path", f"{path.key} ({path.server})", ok, detail,
+                 "" if ok else f"look at: {path.via}")
+
+
+def _first_line(text: str) -> str:
+    lines = [l for l in (text or "").splitlines() if l.strip()]
+    return lines[-1][:160] if lines else "no answer"
+
+
+def haproxy_show_stat(sock: Path, timeout: float = 2.0) -> list[dict]:
+    """`show stat` over the admin socket -> rows (pxname, svname, status, check_status, ...)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        s.sendall(b"show stat\n")
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    text = b"".join(chunks).decode().lstrip("# ")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def backend_states(sock: Path, backend: str = "k8s-api") -> dict[str, str]:
+    rows = haproxy_show_stat(sock)
+    return {r["svname"]: r["status"] for r in rows
+            if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")}
+
+
+def lease_holder(lab, topo, provider, name: str) -> str | None:
+    path = topo.external_path()
+    node, argv = path_command(lab, topo, provider, path, "3s",
+                              ("-n", "kube-system", "get", "lease", name, "-o",
+                               "jsonpath={.spec.holderIdentity}"))
+    cp = provider.run(node, argv, timeout=15)
+    if cp.returncode != 0 or not cp.stdout.strip():
+        return None
+    return cp.stdout.strip()
+
+
+def run_checks(lab, topo: Topology, provider, write: bool = True) -> list[Check]:
+    checks = [check_path(lab, topo, provider, p) for p in topo.access_paths()]
+    for lb in topo.load_balancers:
+        try:
+            states = backend_states(provider.haproxy_socket(lb.name))
+            bad = {k: v for k, v in states.items() if not v.startswith("UP")}
+            checks.append(Check("HAProxy backends", lb.name, not bad and bool(states),
+                                ", ".join(f"{k} {v}" for k, v in states.items()),
+                                "" if not bad else "a DOWN server fails /readyz: check its "
+                                "kube-apiserver log"))
+        except OSError as exc:
+            checks.append(Check("HAProxy backends", lb.name, False, f"stats socket: {exc}",
+                                f"is HAProxy running on {lb.name}?"))
+    for lease in ("kube-controller-manager", "kube-scheduler"):
+        holder = lease_holder(lab, topo, provider, lease)
+        checks.append(Check("lease holder", lease, holder is not None, holder or "none",
+                            "" if holder else f"is {lease} running on a control plane?"))
+    for w in topo.workers:
+        has_proxy = provider.sup.state(w.name, "nginx-proxy") == "running" \
+            if hasattr(provider, "sup") else None
+        if has_proxy is None:
+            continue
+        want = topo.workers_use_local_proxy
+        checks.append(Check("worker proxy", w.name, has_proxy == want,
+                            f"nginx proxy {'running' if has_proxy else 'absent'} "
+                            f"(Case {topo.case} {'needs' if want else 'has none'})"))
+    if write:
+        checks.append(write_check(lab, topo, provider))
+    return checks
+
+
+def write_check(lab, topo, provider) -> Check:
+    """Create and delete a ConfigMap through the external path: proves etcd quorum."""
+    name = f"halab-verify-{int(time.time() * 1000) % 10**9}"
+    path = topo.external_path()
+    node, create = path_command(lab, topo, provider, path, "5s",
+                                ("-n", "default", "create", "configmap", name,
+                                 "--from-literal=by=halab"))
+    cp = provider.run(node, create, timeout=20)
+    ok = cp.returncode == 0
+    _, delete = path_command(lab, topo, provider, path, "5s",
+                             ("-n", "default", "delete", "configmap", name))
+    if ok:
+        ok = provider.run(node, delete, timeout=20).returncode == 0
+    return Check("write (ConfigMap)", path.key, ok, "created and deleted" if ok else
+                 _first_line(cp.stderr), "" if ok else "no etcd quorum, or the API is down")
+
+
+def wait_ready(lab, topo, provider, timeout: float = 180, progress=lambda m: None) -> list[str]:
+    """Wait until every access path answers /readyz and both leases are held."""
+    deadline = time.monotonic() + timeout
+    pending = list(topo.access_paths())
+    ready: list[str] = []
+    while pending:
+        pending = [p for p in pending if not _ready(lab, topo, provider, p, ready, progress)]
+        if not pending:
+            break
+        dead = provider.dead_services() if hasattr(provider, "dead_services") else []
+        if dead:
+            from .errors import HalabError
+            raise HalabError(f"{len(dead)} service(s) exited: " + "; ".join(dead),
+                             hint=f"full logs in {lab.logs}; fix, then `halab up` again")
+        if time.monotonic() > deadline:
+            from .errors import HalabError
+            names = ", ".join(p.key for p in pending)
+            raise HalabError(f"not ready after {timeout:.0f} s: {names}",
+                             hint=f"look at the logs in {lab.logs}, then `halab verify`")
+        time.sleep(0.5)
+    for lease in ("kube-controller-manager", "kube-scheduler"):
+        while lease_holder(lab, topo, provider, lease) is None:
+            if time.monotonic() > deadline:
+                from .errors import HalabError
+                raise HalabError(f"no {lease} lease holder after {timeout:.0f} s",
+                                 hint=f"look at {lab.logs}")
+            time.sleep(0.5)
+        progress(f"{lease} lease held")
+    return ready
+
+
+def _ready(lab, topo, provider, path, ready, progress) -> bool:
+    c = check_path(lab, topo, provider, path, timeout="2s")
+    if c.ok:
+        ready.append(path.key)
+        progress(f"ready: {path.key} ({path.server})")
+    return c.ok

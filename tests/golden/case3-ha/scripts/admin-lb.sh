@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# admin-lb setup: HAProxy (and keepalived for an HA pair), NFS for the lab
+# subnet, kubectl and tools, and kubespray pinned in a Python venv with the
+# lab's inventory. Usage: admin-lb.sh NODE_NAME NODE_IP
+# Idempotent and offline-friendly: what is installed already is not fetched again.
+set -euo pipefail
+
+NODE_NAME=${1:?node name}
+NODE_IP=${2:?node address}
+FILES=/tmp/halab
+# shellcheck source=/dev/null
+source "$FILES/lab.env"
+KUBESPRAY_DIR=/root/kubespray
+KUBESPRAY_VENV=/root/kubespray-venv
+INVENTORY_DIR=$KUBESPRAY_DIR/inventory/$LAB_NAME
+
+step() { echo "[halab] $NODE_NAME: $*"; }
+warn() { echo "[halab] $NODE_NAME: WARNING: $*" >&2; }
+
+pkg_install() {
+  local missing=() pair cmd pkg
+  for pair in "$@"; do
+    cmd=${pair%%:*}; pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  step "installing ${missing[*]}"
+  if [ "$LAB_OS_FAMILY" = rhel ]; then
+    dnf install -y -q "${missing[@]}"
+  else
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; }
+  fi
+}
+
+lab_iface() {
+  ip -o -4 addr show | awk -v ip="$NODE_IP" '{split($4, a, "/"); if (a[1] == ip) print $2}' | head -n1
+}
+
+install_if_changed() {
+  # install_if_changed SRC DEST: copy and report whether the content changed
+  if [ -f "$2" ] && cmp -s "$1" "$2"; then return 1; fi
+  install -D -m 644 "$1" "$2"
+  return 0
+}
+
+if [ "$LAB_LOAD_BALANCER" = yes ]; then
+  step "HAProxy for the Kubernetes API"
+  pkg_install haproxy:haproxy
+  cfg=$(mktemp)
+  cp "$FILES/$NODE_NAME/haproxy.cfg" "$cfg"
+  if ! haproxy -vv 2>/dev/null | grep -q 'PROMEX'; then
+    warn "this HAProxy has no Prometheus exporter; the :metrics frontend is left out"
+    sed -i '/# halab:prometheus-begin/,/# halab:prometheus-end/d' "$cfg"
+  fi
+  if [ "$LAB_HA_LB" = yes ]; then
+    # the VIP is bound on both LBs; only the keepalived master holds it
+    echo 'net.ipv4.ip_nonlocal_bind = 1' > /etc/sysctl.d/90-halab-lb.conf
+    sysctl -q -p /etc/sysctl.d/90-halab-lb.conf
+  fi
+  # validate before replacing: a broken config must never reach the running LB
+  if ! haproxy -c -q -f "$cfg"; then
+    echo "[halab] $NODE_NAME: rendered haproxy.cfg is invalid; kept the current one" >&2
+    haproxy -c -f "$cfg" >&2 || true
+    exit 1
+  fi
+  if install_if_changed "$cfg" /etc/haproxy/haproxy.cfg || ! systemctl is-active -q haproxy; then
+    systemctl enable haproxy >/dev/null 2>&1 || true
+    systemctl restart haproxy
+  fi
+  rm -f "$cfg"
+
+  if [ "$LAB_HA_LB" = yes ]; then
+    step "keepalived for the virtual IP $LAB_LB_ADDRESS"
+    pkg_install keepalived:keepalived
+    iface=$(lab_iface)
+    ka=$(mktemp)
+    sed "s/@LAB_IFACE@/$iface/g" "$FILES/$NODE_NAME/keepalived.conf" > "$ka"
+    keepalived -t -f "$ka"
+    if install_if_changed "$ka" /etc/keepalived/keepalived.conf || ! systemctl is-active -q keepalived; then
+      chmod 600 /etc/keepalived/keepalived.conf
+      systemctl enable keepalived >/dev/null 2>&1 || true
+      systemctl restart keepalived
+    fi
+    rm -f "$ka"
+  fi
+fi
+
+if [ "$LAB_NFS" = yes ]; then
+  step "NFS share $LAB_NFS_PATH for $LAB_SUBNET only"
+  if [ "$LAB_OS_FAMILY" = rhel ]; then pkg_install exportfs:nfs-utils; nfs_unit=nfs-server
+  else pkg_install exportfs:nfs-kernel-server; nfs_unit=nfs-kernel-server; fi
+  install -d -m 755 "$LAB_NFS_PATH"
+  chown nobody:nogroup "$LAB_NFS_PATH" 2>/dev/null || chown nobody:nobody "$LAB_NFS_PATH"
+  install -D -m 644 "$FILES/exports" /etc/exports.d/halab.exports
+  systemctl enable --now "$nfs_unit" >/dev/null 2>&1 || true
+  exportfs -ra
+fi
+
+step "SSH key that kubespray uses to reach the nodes"
+install -d -m 700 /root/.ssh
+install -m 600 "$FILES/id_ed25519" /root/.ssh/id_ed25519
+install -m 644 "$FILES/authorized_keys" /root/.ssh/id_ed25519.pub
+known=/root/.ssh/known_hosts
+for node in $LAB_NODES; do
+  ssh-keygen -F "$node" -f "$known" >/dev/null 2>&1 || ssh-keyscan -T 3 "$node" >> "$known" 2>/dev/null || true
+done
+
+for tool in $LAB_ADMIN_TOOLS; do
+  case "$tool" in
+    kubectl|helm|k9s|kubecolor)
+      if ! command -v "$tool" >/dev/null 2>&1; then
+        # these come from upstream release sites; an offline classroom pre-installs them in the box
+        warn "$tool is not installed and is not in the OS repositories; install it in the box or run: halab ssh $NODE_NAME"
+      fi ;;
+    *) pkg_install "$tool:$tool" ;;
+  esac
+done
+
+if [ "$LAB_DEPLOYER" = kubespray ]; then
+  step "kubespray $LAB_KUBESPRAY_VERSION in $KUBESPRAY_DIR"
+  if [ "$LAB_OS_FAMILY" = rhel ]; then pkg_install git:git python3:python3
+  else pkg_install git:git python3:python3; fi
+  if [ -d "$KUBESPRAY_DIR/.git" ]; then
+    current=$(git -C "$KUBESPRAY_DIR" describe --tags --exact-match 2>/dev/null || echo unknown)
+    if [ "$current" != "$LAB_KUBESPRAY_VERSION" ]; then
+      git -C "$KUBESPRAY_DIR" fetch --depth 1 origin tag "$LAB_KUBESPRAY_VERSION"
+      git -C "$KUBESPRAY_DIR" checkout -q "$LAB_KUBESPRAY_VERSION"
+    fi
+  elif [ -f "$FILES/kubespray.tar.gz" ]; then
+    install -d "$KUBESPRAY_DIR"
+    tar -xzf "$FILES/kubespray.tar.gz" -C "$KUBESPRAY_DIR" --strip-components=1
+  elif [ "$LAB_KUBESPRAY_SOURCE" = git ]; then
+    git clone -q --depth 1 -b "$LAB_KUBESPRAY_VERSION" "$LAB_KUBESPRAY_REPO" "$KUBESPRAY_DIR"
+  elif [ ! -f "$KUBESPRAY_DIR/cluster.yml" ]; then
+    echo "[halab] $NODE_NAME: kubespray.source is a local copy but none was uploaded; run halab up again" >&2
+    exit 1
+  fi
+  stamp=$KUBESPRAY_VENV/.halab-requirements
+  if [ ! -f "$stamp" ] || ! cmp -s "$KUBESPRAY_DIR/requirements.txt" "$stamp"; then
+    step "kubespray's pinned requirements into $KUBESPRAY_VENV"
+    if [ "$LAB_OS_FAMILY" = rhel ]; then pkg_install pip3:python3-pip
+    else python3 -m venv --help >/dev/null 2>&1 || pkg_install "pip3:python3-venv"; fi
+    python3 -m venv "$KUBESPRAY_VENV"
+    "$KUBESPRAY_VENV/bin/pip" install -q -U pip
+    "$KUBESPRAY_VENV/bin/pip" install -q -r "$KUBESPRAY_DIR/requirements.txt"
+    cp "$KUBESPRAY_DIR/requirements.txt" "$stamp"
+  fi
+  step "inventory $INVENTORY_DIR"
+  if [ ! -d "$INVENTORY_DIR" ]; then
+    cp -a "$KUBESPRAY_DIR/inventory/sample" "$INVENTORY_DIR"
+  fi
+  cp -a "$FILES/inventory/." "$INVENTORY_DIR/"
+fi
+
+step "done"

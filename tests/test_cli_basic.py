@@ -1,0 +1,243 @@
+"""The scenario verbs of the CLI: scenarios, show, validate, render."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import stat
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lab.cli import main
+
+BUNDLED = ["case1", "case2", "case3", "case3-ha", "mini"]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def halab(*args: str, ok: bool = True):
+    result = CliRunner(env={"HALAB_DEBUG": None}).invoke(main, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"halab {' '.join(args)} crashed: {result.exception!r}") \
+            from result.exception
+    if ok:
+        assert result.exit_code == 0, f"halab {' '.join(args)}:\n{result.stderr}"
+    return result
+
+
+def _table(text: str, header: str) -> list[list[str]]:
+    """Rows of the plain-text table whose header line starts with `header`."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(header))
+    rows = []
+    for ln in lines[start + 2:]:  # header, then the dashes
+        if not ln.strip():
+            break
+        rows.append(re.split(r"\s{2,}", ln.strip()))
+    return rows
+
+
+def _access_paths(show_output: str) -> dict[str, str]:
+    return {row[0]: row[1] for row in _table(show_output, "CLIENT")}
+
+
+# ------------------------------------------------------------------ scenarios
+
+def test_scenarios_lists_every_bundled_one_per_line():
+    out = halab("scenarios").stdout
+    lines = out.splitlines()
+    assert [ln.split()[0] for ln in lines] == BUNDLED
+    for ln in lines:
+        assert len(ln.split(None, 1)) == 2, f"no description on {ln!r}"
+    assert "hybrid" in lines[1]
+
+
+# ------------------------------------------------------------------ show
+
+def test_show_case2_nodes_addresses_totals_and_access_paths():
+    out = halab("show", "case2").stdout
+    assert out.startswith("Lab case2: Case 2, provider virtualbox, deployer kubespray, "
+                          "subnet 192.168.10.0/24")
+    nodes = _table(out, "NODE")
+    assert [(r[0], r[2]) for r in nodes] == [
+        ("admin-lb", "192.168.10.10"), ("k8s-node1", "192.168.10.11"),
+        ("k8s-node2", "192.168.10.12"), ("k8s-node3", "192.168.10.13"),
+        ("k8s-node4", "192.168.10.14"), ("k8s-node5", "192.168.10.15")]
+    assert [r[1] for r in nodes] == ["admin-lb (HAProxy, NFS, kubespray runner)"] + \
+        ["control plane + etcd"] * 3 + ["worker"] * 2
+    assert [(r[3], r[4]) for r in nodes] == [("2", "1024 MiB")] + [("4", "2048 MiB")] * 5
+    assert "Total: 22 vCPU, 11264 MiB RAM" in out
+    assert "API load balancer: 192.168.10.10:6443 (k8s-api.case2.lab)" in out
+    assert _access_paths(out) == {
+        "external kubectl": "https://192.168.10.10:6443",
+        "control-plane components": "https://127.0.0.1:6443",
+        "worker kubelet/kube-proxy": "https://localhost:6443",
+    }
+
+
+@pytest.mark.parametrize("name, external, workers, via_external", [
+    ("case1", "https://192.168.10.11:6443", "https://localhost:6443", "direct to k8s-node1"),
+    ("case2", "https://192.168.10.10:6443", "https://localhost:6443", "HAProxy on admin-lb"),
+    ("case3", "https://192.168.10.10:6443", "https://k8s-api.case3.lab:6443",
+     "HAProxy on admin-lb"),
+    ("case3-ha", "https://192.168.10.10:6443", "https://k8s-api.case3-ha.lab:6443",
+     "VIP 192.168.10.10 (keepalived)"),
+    ("mini", "https://192.168.10.10:6443", "https://localhost:6443", "HAProxy on admin-lb"),
+])
+def test_show_access_paths_per_case(name, external, workers, via_external):
+    out = halab("show", name).stdout
+    paths = _access_paths(out)
+    assert paths["external kubectl"] == external
+    assert paths["worker kubelet/kube-proxy"] == workers
+    assert paths["control-plane components"] == "https://127.0.0.1:6443"
+    external_row = next(r for r in _table(out, "CLIENT") if r[0] == "external kubectl")
+    assert external_row[2].startswith(via_external)
+    if name == "case1":
+        assert "API load balancer" not in out
+
+
+# ------------------------------------------------------------------ render
+
+CASE2_FILES = {
+    "Vagrantfile", "lab.json", "files/lab.env", "files/hosts", "files/authorized_keys",
+    "files/exports", "files/admin-lb/haproxy.cfg", "keys/id_ed25519", "keys/id_ed25519.pub",
+    "keys/vrrp_password", "scripts/admin-lb.sh", "scripts/common.sh", "inventory/inventory.ini",
+    "inventory/group_vars/all/zz-halab.yml", "inventory/group_vars/k8s_cluster/zz-halab.yml",
+    "inventory/extra-vars.yml",
+}
+
+
+def _tree(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_render_case2_writes_the_whole_lab(tmp_path):
+    out = tmp_path / "lab"
+    r = halab("render", "case2", "--out", str(out))
+    assert _tree(out) == CASE2_FILES
+    assert f"wrote {len(CASE2_FILES)} files for lab case2 into {out}" in r.stdout
+    assert not list(tmp_path.glob(".lab.*")), "temporary folder left behind"
+
+    for secret in ("keys/id_ed25519", "keys/vrrp_password"):
+        assert stat.S_IMODE((out / secret).stat().st_mode) == 0o600, secret
+    for script in ("scripts/admin-lb.sh", "scripts/common.sh"):
+        assert (out / script).stat().st_mode & stat.S_IXUSR, script
+
+    # a fresh key pair per lab: the private key matches the public one handed to nodes
+    from cryptography.hazmat.primitives import serialization
+    key = serialization.load_ssh_private_key((out / "keys/id_ed25519").read_bytes(), None)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    assert (out / "keys/id_ed25519.pub").read_text().startswith(public + " ")
+    assert (out / "files/authorized_keys").read_text() == (out / "keys/id_ed25519.pub").read_text()
+    assert len((out / "keys/vrrp_password").read_text().strip()) <= 8  # VRRP PASS limit
+
+    lab = json.loads((out / "lab.json").read_text())
+    assert (lab["name"], lab["case"], lab["scenario"]) == ("case2", 2, "case2")
+    assert [n["ip"] for n in lab["nodes"]] == [f"192.168.10.{i}" for i in range(10, 16)]
+
+
+def test_render_generates_new_secrets_per_lab(tmp_path):
+    halab("render", "case2", "--out", "a")
+    halab("render", "case2", "--out", "b")
+    assert Path("a/keys/id_ed25519").read_text() != Path("b/keys/id_ed25519").read_text()
+
+
+def test_render_refuses_a_folder_with_files_unless_forced(tmp_path):
+    out = tmp_path / "lab"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = halab("render", "case2", "--out", str(out), ok=False)
+    assert r.exit_code == 1
+    assert f"halab: error: {out} already has files" in r.stderr
+    assert "--force" in r.stderr and "Traceback" not in r.stderr
+    assert _tree(out) == {"notes.txt"}
+
+    halab("render", "case2", "--out", str(out), "--force")
+    assert _tree(out) == CASE2_FILES
+
+
+def test_render_into_an_existing_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    halab("render", "case3-ha", "--out", "empty")
+    assert {"files/admin-lb1/keepalived.conf", "files/admin-lb2/keepalived.conf"} <= \
+        _tree(tmp_path / "empty")
+
+
+# ------------------------------------------------------------------ validate and extends
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def test_validate_a_bundled_name_and_a_file(tmp_path):
+    r = halab("validate", "case2")
+    assert r.stdout.strip().endswith("OK: lab case2, Case 2, provider virtualbox")
+    path = _write(tmp_path / "mine.yaml", "extends: case2\nname: mine\n")
+    r = halab("validate", str(path))
+    assert r.stdout.strip() == f"{path}: OK: lab mine, Case 2, provider virtualbox"
+
+
+@pytest.mark.parametrize("parent, subnet, lb, first_node", [
+    ("case2", "192.168.56.0/24", "192.168.56.10", "192.168.56.10"),
+    ("case3-ha", "10.77.3.0/24", "10.77.3.10", "10.77.3.11"),
+])
+def test_extends_with_another_subnet_moves_every_address(tmp_path, parent, subnet, lb, first_node):
+    path = _write(tmp_path / "moved.yaml", f"""
+        extends: {parent}
+        name: moved
+        network: {{subnet: {subnet}}}
+    """)
+    r = halab("validate", str(path))
+    assert "OK: lab moved" in r.stdout and r.stderr == ""
+
+    out = halab("show", str(path)).stdout
+    net = ipaddress.ip_network(subnet)
+    addresses = [row[2] for row in _table(out, "NODE")]
+    assert addresses[0] == first_node
+    assert all(ipaddress.ip_address(a) in net for a in addresses), addresses
+    assert len(set(addresses)) == len(addresses)
+    assert f"API load balancer: {lb}:6443 (k8s-api.moved.lab)" in out
+
+    halab("render", str(path), "--out", "lab")
+    lab = json.loads(Path("lab/lab.json").read_text())
+    assert lab["subnet"] == subnet and lab["lb_address"] == lb
+    assert all(ipaddress.ip_address(n["ip"]) in net for n in lab["nodes"])
+    assert lab["scenario"] == str(path)  # not bundled: the file itself
+    assert "192.168.10." not in Path("lab/files/hosts").read_text()
+
+
+def test_extends_a_file_next_to_the_scenario(tmp_path, monkeypatch):
+    folder = tmp_path / "course"
+    _write(folder / "base.yaml", """
+        extends: case2
+        name: base
+        worker: {count: 1}
+        timezone: Asia/Seoul
+    """)
+    child = _write(folder / "child.yaml", """
+        extends: base.yaml
+        name: child
+        network: {first_address: 192.168.10.20}
+    """)
+    _write(folder / "grandchild.yaml", "extends: ./child.yaml\nname: grandchild\n")
+    # run from elsewhere: `extends` is relative to the file, not the working folder
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for name, lab in (("child.yaml", "child"), ("grandchild.yaml", "grandchild")):
+        r = halab("validate", str(folder / name))
+        assert f"OK: lab {lab}, Case 2" in r.stdout
+    out = halab("show", str(child)).stdout
+    nodes = _table(out, "NODE")
+    assert [(r[0], r[2]) for r in nodes] == [
+        ("admin-lb", "192.168.10.20"), ("k8s-node1", "192.168.10.21"),
+        ("k8s-node2", "192.168.10.22"), ("k8s-node3", "192.168.10.23"),
+        ("k8s-node4", "192.168.10.24")]
