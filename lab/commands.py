@@ -65,6 +65,10 @@ def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | No
     s = scenario.load(scenario_ref, provider=provider)
     _print_warnings(s.warnings)
     topo = Topology.of(s)
+    if s.provider == "local":
+        # before anything else: without root, say so (not "binaries missing"), create nothing
+        from .providers.local import require_root
+        require_root()
     lab = Lab(labs_root(labs_dir) / s.name)
     state = lab.state()
     if state and state.get("provider") and state["provider"] != s.provider:
@@ -120,14 +124,21 @@ def _summary(lab: Lab, topo: Topology, deployed: bool) -> None:
 
 # ------------------------------------------------------------------ status
 
-def lab_health(machine_states: dict, deploy_state: str | None, faults: dict) -> str:
-    """One word, like minikube: Running, Degraded, Stopped, Deploying, Created."""
+def lab_health(machine_states: dict, deploy_state: str | None, faults: dict,
+               service_states: dict | None = None) -> str:
+    """One word, like minikube: Running, Degraded, Stopped, Deploying, Created.
+
+    `service_states` ({"node/name": "running"|"stopped"|...}): a deployed lab with a
+    dead or crash-looping service is Degraded, even when every machine runs.
+    """
     values = list(machine_states.values())
     if not values or all(v in ("not_created",) for v in values):
         return "Absent"
     if all(v in ("poweroff", "not_created", "shutoff") for v in values):
         return "Stopped"
     if faults or any(v != "running" for v in values):
+        return "Degraded"
+    if deploy_state == "deployed" and any(v != "running" for v in (service_states or {}).values()):
         return "Degraded"
     if deploy_state != "deployed":
         return "Created" if not deploy_state else "Deploying"
@@ -138,17 +149,19 @@ def status(lab: Lab) -> int:
     s, topo, prov = open_lab(lab)
     state = lab.state()
     faults = state.get("faults", {})
-    rows, machines = [], {}
+    rows, machines, svc_states = [], {}, {}
     for n in topo.nodes:
         m = prov.machine_state(n.name)
         machines[n.name] = m
         services = ""
         if hasattr(prov, "sup"):
-            services = " ".join(f"{name}:{prov.sup.state(n.name, name)}"
-                                for _, name in prov.sup.services(n.name)) or "-"
+            node_svcs = {name: prov.sup.state(n.name, name)
+                         for _, name in prov.sup.services(n.name)}
+            svc_states.update({f"{n.name}/{k}": v for k, v in node_svcs.items()})
+            services = " ".join(f"{k}:{v}" for k, v in node_svcs.items()) or "-"
         rows.append([n.name, n.role.replace("_", "-"), n.ip, m, services])
     deploy = (state.get("deploy") or {}).get("state")
-    health = lab_health(machines, deploy, faults)
+    health = lab_health(machines, deploy, faults, svc_states)
     click.echo(f"{lab.name}: {health}")
     click.echo(f"  Case {s.case}, provider {s.provider}, deploy: {deploy or 'not deployed'}"
                + (f", faults injected: {', '.join(f'{k}={v}' for k, v in faults.items())}"

@@ -49,6 +49,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
 def _state(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -85,7 +92,9 @@ class Supervisor:
             return "stopped"
         if _state(pid) == "T":
             return "frozen"
-        return "running" if _children(pid) else "restarting"
+        # between two runs the loop's only child is its `sleep 1` back-off
+        kids = [c for c in _children(pid) if _cmdline(c) != ["sleep", "1"]]
+        return "running" if kids else "restarting"
 
     def services(self, node: str | None = None) -> list[tuple[str, str]]:
         """(node, name) of every PID file, also of dead processes."""

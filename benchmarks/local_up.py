@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""How long the local provider takes: `halab up --provider local` to every access path ready,
+and `halab destroy`.
+
+    sudo python3 benchmarks/local_up.py [--cases case2,case3-ha] [--runs 2]
+
+For each Case, each run makes a fresh lab (unique name `lpb-<case>`, in a temporary
+folder), times `halab up` (it returns once every access path the Case defines answers
+/readyz and both leases are held; the moment each path became ready is taken from
+halab's unbuffered progress lines), checks the lab with `halab verify --no-write`, then
+times `halab destroy`. Prints each run and the median per Case. Target: ready in
+under 30 s on a 2-core machine.
+
+Cleanup is guaranteed: `halab destroy --force` in `finally`, then SIGKILL of any
+process still in the lab's namespaces or folder, then the namespaces themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_S = 30.0
+
+
+def halab_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "halab"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("halab")
+    return [found] if found else [sys.executable, "-m", "lab.cli"]
+
+
+def env() -> dict:
+    e = {**os.environ, "PYTHONUNBUFFERED": "1", "HALAB_DEBUG": ""}
+    e.pop("HALAB_LABS_DIR", None)
+    return e
+
+
+def _ours(ns: str, lab: str) -> bool:
+    return ns.startswith(f"halab-{lab}-") or ns.startswith(f"halab-{lab}.")
+
+
+def cleanup(lab: str, root: Path) -> None:
+    """destroy --force, then kill by PID and delete namespaces by hand (never others')."""
+    if (root / ".halab" / lab).exists():
+        subprocess.run(halab_cmd() + ["destroy", "--force"], cwd=root, env=env(),
+                       capture_output=True, timeout=120)
+    run_netns = Path("/run/netns")
+    names = [p.name for p in run_netns.iterdir() if _ours(p.name, lab)] if run_netns.is_dir() else []
+    for ns in names:
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+        for pid in pids.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    folder = str(root / ".halab" / lab)
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if folder in (d / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(d.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    for ns in names:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for p in Path("/etc/netns").glob(f"halab-{lab}[-.]*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def one_run(case: str) -> dict:
+    lab = "lpb-" + case.replace("-", "")
+    root = Path(tempfile.mkdtemp(prefix=f"halab-bench-{lab}-"))
+    scen = root / f"{lab}.yaml"
+    scen.write_text(f"extends: {case}\nname: {lab}\n")
+    result = {"case": case}
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(halab_cmd() + ["up", str(scen), "--provider", "local"],
+                                cwd=root, env=env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        paths, lines = {}, []
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r"ready: (\S+)", line)
+            if m:
+                paths[m.group(1)] = time.monotonic() - t0
+        rc = proc.wait(timeout=600)
+        result["up_s"] = time.monotonic() - t0
+        if rc != 0:
+            raise RuntimeError(f"halab up {case} failed (exit {rc}):\n{''.join(lines[-20:])}")
+        result["first_path_s"] = min(paths.values()) if paths else float("nan")
+        result["last_path_s"] = max(paths.values()) if paths else float("nan")
+        result["paths"] = len(paths)
+        v = subprocess.run(halab_cmd() + ["verify", "--no-write"], cwd=root, env=env(),
+                           capture_output=True, text=True, timeout=180)
+        if v.returncode != 0:
+            raise RuntimeError(f"halab verify {case} failed after up:\n{v.stdout}{v.stderr}")
+        t1 = time.monotonic()
+        d = subprocess.run(halab_cmd() + ["destroy"], cwd=root, env=env(),
+                           capture_output=True, text=True, timeout=180)
+        result["destroy_s"] = time.monotonic() - t1
+        if d.returncode != 0:
+            raise RuntimeError(f"halab destroy {case} failed:\n{d.stdout}{d.stderr}")
+        return result
+    finally:
+        cleanup(lab, root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", default="case2,case3-ha")
+    ap.add_argument("--runs", type=int, default=2)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (the local provider creates network namespaces)", file=sys.stderr)
+        return 2
+    print(f"halab local provider: {os.cpu_count()} CPUs, {args.runs} run(s) per Case, "
+          f"target ready < {TARGET_S:.0f} s")
+    summary = []
+    for case in args.cases.split(","):
+        runs = []
+        for i in range(1, args.runs + 1):
+            r = one_run(case)
+            runs.append(r)
+            print(f"  {case:<9} run {i}: ready {r['up_s']:5.1f} s (paths ready from "
+                  f"{r['first_path_s']:.1f} s to {r['last_path_s']:.1f} s, {r['paths']} paths); "
+                  f"destroy {r['destroy_s']:4.1f} s", flush=True)
+        summary.append((case, statistics.median(r["up_s"] for r in runs),
+                        statistics.median(r["destroy_s"] for r in runs)))
+    print("\nmedian:")
+    ok = True
+    for case, up_s, destroy_s in summary:
+        verdict = "OK" if up_s < TARGET_S else f"over the {TARGET_S:.0f} s target"
+        ok &= up_s < TARGET_S
+        print(f"  {case:<9} up to every path ready {up_s:5.1f} s ({verdict}); "
+              f"destroy {destroy_s:4.1f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
