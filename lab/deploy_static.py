@@ -7,8 +7,6 @@ provider and VMs share it.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 from . import kubeconfig, pki as pkilib
 from .errors import HalabError
 from .labdir import Lab
@@ -45,10 +43,12 @@ def worker_kubeconfig(topo: Topology, pki: dict, worker) -> dict:
                             only=[(f"{topo.name}-{worker.name}-kubelet", path.server)])
 
 
-def write_kubeconfigs(lab: Lab, topo: Topology, pki: dict, layout_of) -> None:
+def write_kubeconfigs(lab: Lab, topo: Topology, pki: dict, provider) -> None:
+    """The lab kubeconfig on the host; on each worker the one its kubelet path uses."""
     kubeconfig.write(lab.kubeconfig, admin_kubeconfig(topo, pki))
     for w in topo.workers:
-        kubeconfig.write(Path(layout_of(w.name).p("kubeconfig")), worker_kubeconfig(topo, pki, w))
+        provider.put_file(w.name, provider.layout(w.name).p("kubeconfig"),
+                          kubeconfig.dump(worker_kubeconfig(topo, pki, w)), 0o600)
 
 
 def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
@@ -65,7 +65,7 @@ def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
                              hint="stop that process, or `halab destroy` and `halab up` again")
         lab.update(deploy={"state": "starting", "deployer": "static"})
         provider.start(specs, progress)
-        write_kubeconfigs(lab, topo, pki, provider.layout)
+        write_kubeconfigs(lab, topo, pki, provider)
         progress("waiting for every access path to answer /readyz")
         from .verify import wait_ready
         ready = wait_ready(lab, topo, provider, timeout=timeout, progress=progress)

@@ -178,6 +178,14 @@ class LocalProvider:
     def plan(self, pki: dict, secrets) -> list:
         return controlplane.plan(self.topo, pki, self.layout, secrets, netns.LAB_IFACE)
 
+    def put_file(self, node: str, path: str, data, mode: int = 0o644) -> None:
+        """Nodes' files live in the lab directory: a plain write."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch(mode=mode)
+        p.chmod(mode)
+        p.write_bytes(data.encode() if isinstance(data, str) else data)
+
     def start(self, specs, progress=lambda msg: None) -> None:
         for spec in specs:
             pid = self.sup.start(spec)
@@ -210,6 +218,11 @@ class LocalProvider:
 
     def haproxy_socket(self, lb: str) -> Path:
         return Path(controlplane.haproxy_runtime(self.layout(lb)).stats_socket)
+
+    def haproxy_stat(self, lb: str, timeout: float = 2.0) -> list[dict]:
+        """HAProxy `show stat` rows of a load balancer (its admin socket is a local file)."""
+        from ..verify import haproxy_show_stat
+        return haproxy_show_stat(self.haproxy_socket(lb), timeout=timeout)
 
     # ------------------------------------------------------------ faults (drill primitives)
     def power_off(self, node: str) -> None:

@@ -1,15 +1,24 @@
 """The VM provider: Vagrant with VirtualBox or libvirt. Commands on VMs go through Fabric."""
 from __future__ import annotations
 
+import hashlib
 import shlex
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
-from .. import remote as remotelib
+from .. import controlplane, remote as remotelib
 from ..errors import HalabError
 from ..labdir import Lab
 from ..topology import Topology
 from ..vagrant import ProgressTracker, Vagrant
+
+VM_BASE = "/var/lib/halab"
+VM_BIN = "/opt/halab/bin"
+# HAProxy and keepalived run as the distribution's services, set up by admin-lb.sh
+PROVISIONED_SERVICES = ("haproxy", "keepalived")
+LAB_IFACE = "@LAB_IFACE@"
 
 SHOW_STAT = ("python3 -c \"import socket,sys; s=socket.socket(socket.AF_UNIX); "
              "s.connect('{sock}'); s.sendall(b'show stat\\n'); "
@@ -82,6 +91,11 @@ class VagrantProvider:
         return self._remotes[node]
 
     def run(self, node: str, argv, timeout: float = 60, input: str | None = None):
+        if node == "client":  # the student's laptop is this host
+            try:
+                return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired as exc:
+                return subprocess.CompletedProcess(argv, 124, exc.stdout or "", "timed out")
         cmd = argv if isinstance(argv, str) else shlex.join(argv)
         r = self.remote(node).run(cmd, timeout=timeout, sudo=True)
         return subprocess.CompletedProcess(argv, r.exited, r.stdout, r.stderr)
@@ -97,6 +111,83 @@ class VagrantProvider:
     def ssh_argv(self, node: str, command: list[str]) -> list[str]:
         return ["vagrant", "ssh", node, *(["--", *command] if command else [])]
 
+    # ------------------------------------------------------------ static deployer on VMs
+    @property
+    def kubectl(self) -> str:
+        if self.k8s_bin_dir and (Path(self.k8s_bin_dir) / "kubectl").exists():
+            return str(Path(self.k8s_bin_dir) / "kubectl")
+        return shutil.which("kubectl") or "kubectl"
+
+    def layout(self, node: str) -> controlplane.Layout:
+        return controlplane.Layout(base=VM_BASE, k8s_bin=VM_BIN, etcd=f"{VM_BIN}/etcd",
+                                   local=False)
+
+    def plan(self, pki: dict, secrets) -> list:
+        specs = controlplane.plan(self.topo, pki, self.layout, secrets, LAB_IFACE)
+        return [s for s in specs if s.name not in PROVISIONED_SERVICES]
+
+    def ports_taken(self, specs) -> list[str]:
+        return []  # fresh VMs; a unit that cannot bind fails and shows in dead_services
+
+    def put_file(self, node: str, path: str, data, mode: int = 0o644) -> None:
+        r = self.remote(node)
+        data = data.encode() if isinstance(data, str) else data
+        tmp = f"/tmp/halab-upload-{hashlib.sha1(path.encode()).hexdigest()[:12]}"
+        r.put_bytes(data, tmp) if hasattr(r, "put_bytes") else _put_bytes(r, data, tmp)
+        self._check(node, f"install -D -m {mode:o} {shlex.quote(tmp)} {shlex.quote(path)} "
+                          f"&& rm -f {shlex.quote(tmp)}")
+
+    def _check(self, node: str, cmd: str, timeout: float = 120) -> str:
+        r = self.remote(node).run(cmd, timeout=timeout, sudo=True)
+        if not r.ok:
+            raise HalabError(f"{node}: `{cmd[:80]}` failed: {(r.stderr or r.stdout).strip()[-300:]}")
+        return r.stdout
+
+    def _upload_binary(self, node: str, local: Path) -> None:
+        """Copy a binary once; a second deploy compares checksums and skips it."""
+        digest = hashlib.sha256(local.read_bytes()).hexdigest()
+        target = f"{VM_BIN}/{local.name}"
+        have = self.remote(node).run(f"sha256sum {target} 2>/dev/null", sudo=True).stdout.split()
+        if have and have[0] == digest:
+            return
+        self._check(node, f"mkdir -p {VM_BIN} && chmod 755 {VM_BIN} && chown {self.remote(node).user or 'root'} {VM_BIN}")
+        self.remote(node).put(str(local), target, mode=0o755)
+
+    def start(self, specs, progress=lambda m: None) -> None:
+        """Each service becomes a systemd unit with Restart=always (kubelet's job on a real node)."""
+        binaries = {"etcd": Path(shutil.which("etcd") or "/usr/bin/etcd")}
+        for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
+            binaries[name] = Path(self.k8s_bin_dir or "") / name
+        by_node: dict[str, list] = {}
+        for spec in specs:
+            by_node.setdefault(spec.node, []).append(spec)
+        for node, node_specs in by_node.items():
+            needed = {Path(s.argv[0]).name for s in node_specs} | {"kubectl"}
+            for name in sorted(needed & set(binaries)):
+                progress(f"{node}: uploading {name}")
+                self._upload_binary(node, binaries[name])
+            for spec in node_specs:
+                for path, content in spec.files.items():
+                    mode = 0o600 if path.endswith(".key") or "kubeconfig" in path else 0o644
+                    self.put_file(node, path, content, mode)
+                self.put_file(node, f"/etc/systemd/system/halab-{spec.name}.service",
+                              systemd_unit(spec), 0o644)
+            units = " ".join(f"halab-{s.name}" for s in node_specs)
+            self._check(node, f"systemctl daemon-reload && systemctl enable --now {units}")
+            progress(f"{node}: started {units}")
+
+    def dead_services(self) -> list[str]:
+        dead = []
+        faults = self.lab.state().get("faults", {})
+        for node in {n.name for n in self.topo.nodes} - set(faults):
+            r = self.remote(node).run("systemctl --failed --no-legend --plain 'halab-*'",
+                                      sudo=True, timeout=60)
+            dead += [f"{node}/{line.split()[0]}" for line in r.stdout.splitlines() if line.strip()]
+        return dead
+
+    def stop_service(self, node: str, name: str, hard: bool = False) -> None:
+        self._check(node, f"systemctl {'kill -s KILL' if hard else 'stop'} halab-{name}")
+
     # ------------------------------------------------------------ faults
     def power_off(self, node: str) -> None:
         """A real power-off (not `vagrant halt --force`, which is an ACPI shutdown on libvirt)."""
@@ -109,6 +200,21 @@ class VagrantProvider:
     def power_on(self, node: str, specs=()) -> None:
         self.vagrant.run(["up", node, "--no-provision"], "up")
         self._remotes.pop(node, None)
+
+
+def systemd_unit(spec) -> str:
+    """A unit for one service: restarted after 1 s like a static pod, started at boot."""
+    return (f"[Unit]\nDescription=halab {spec.name} on {spec.node}\nAfter=network-online.target\n\n"
+            f"[Service]\nExecStart={shlex.join(spec.argv)}\nRestart=always\nRestartSec=1\n"
+            "LimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n")
+
+
+def _put_bytes(remote, data: bytes, path: str) -> None:
+    import tempfile
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        remote.put(f.name, path)
 
 
 def power_off_argv(provider: str, lab: str, node: str) -> list[str]:

@@ -1,0 +1,114 @@
+"""`halab up` of a small libvirt lab on real VMs (QEMU emulation), driven through the CLI.
+
+Everything runs inside the test bed's network namespace (tests/support/vmtestbed.py):
+halab, vagrant, libvirtd and every SSH connection. Timings are printed for the README.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.vmtestbed import CACHE, vm_testbed  # noqa: F401
+
+pytestmark = pytest.mark.vm
+
+SCENARIO = """\
+name: vmt
+description: "admin-lb + 2 nodes on the test box (libvirt, QEMU emulation)"
+case: 2
+provider: libvirt
+deployer: static
+box:
+  name: halab/debian12
+  os: debian-12
+network:
+  subnet: 192.168.123.0/24
+admin_lb: {{count: 1, cpus: 1, memory: 768}}
+control_plane: {{count: 1, cpus: 1, memory: 768}}
+worker: {{count: 1, cpus: 1, memory: 640}}
+nfs: {{enabled: true}}
+admin_tools: [kubectl]
+provider_options:
+  libvirt:
+    driver: qemu
+    emulator_path: {emulator}
+"""
+
+
+def halab(tb, args, cwd, timeout=1800, check=True):
+    t0 = time.monotonic()
+    cp = tb.run(["halab", *args], cwd=cwd, timeout=timeout, check=check, stream=True,
+                what=f"halab {' '.join(args)}")
+    return cp, time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def lab_dir(vm_testbed, tmp_path_factory):  # noqa: F811
+    work = tmp_path_factory.mktemp("vmlab")
+    emulator = CACHE / "boxes" / "qemu-tcg-small"
+    if not emulator.exists():
+        pytest.skip(f"{emulator} missing (tools/vmtest/build-box.sh makes it)")
+    (work / "vmt.yaml").write_text(SCENARIO.format(emulator=emulator))
+    yield work
+    # always leave nothing behind, even when a test failed
+    vm_testbed.run(["halab", "destroy", "--force"], cwd=work, timeout=600, check=False)
+
+
+def test_up_status_ssh_halt_destroy(vm_testbed, lab_dir):  # noqa: F811
+    tb = vm_testbed
+    timings = {}
+    cp, timings["up"] = halab(tb, ["up", str(lab_dir / "vmt.yaml"), "--no-deploy"], lab_dir)
+    assert "is up" in cp.stdout
+
+    cp, _ = halab(tb, ["status"], lab_dir, check=False)
+    for node in ("admin-lb", "k8s-node1", "k8s-node2"):
+        assert f"{node} " in cp.stdout
+    assert cp.stdout.count("running") >= 3, cp.stdout
+
+    # provisioning really ran: hosts file, lab key, no password logins
+    for node in ("admin-lb", "k8s-node1", "k8s-node2"):
+        cp, _ = halab(tb, ["ssh", node, "--", "sudo", "cat", "/etc/hosts"], lab_dir)
+        assert "192.168.123.11 k8s-node1" in cp.stdout and "k8s-api.vmt.lab" in cp.stdout
+        cp, _ = halab(tb, ["ssh", node, "--", "sudo", "sshd", "-T"], lab_dir)
+        assert "passwordauthentication no" in cp.stdout.lower()
+    for node in ("k8s-node1", "k8s-node2"):
+        cp, _ = halab(tb, ["ssh", "admin-lb", "--", "sudo", "ssh", "-i", "/root/.ssh/id_ed25519",
+                           "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
+                           f"root@{node}", "hostname"], lab_dir)
+        assert node in cp.stdout
+        # a password login is refused outright
+        cp, _ = halab(tb, ["ssh", "admin-lb", "--", "ssh", "-o", "BatchMode=yes",
+                           "-o", "PreferredAuthentications=password",
+                           "-o", "StrictHostKeyChecking=no", f"root@{node}", "true"],
+                      lab_dir, check=False)
+        assert cp.returncode != 0
+    cp, _ = halab(tb, ["ssh", "admin-lb", "--", "sudo", "haproxy", "-c", "-f",
+                       "/etc/haproxy/haproxy.cfg"], lab_dir)
+    assert "valid" in cp.stdout.lower()
+    cp, _ = halab(tb, ["ssh", "admin-lb", "--", "sudo", "exportfs", "-v"], lab_dir)
+    assert "192.168.123.0/24" in cp.stdout and "*(" not in cp.stdout
+
+    # a second up changes nothing and is fast
+    cp, timings["second up"] = halab(tb, ["up", str(lab_dir / "vmt.yaml"), "--no-deploy"],
+                                     lab_dir)
+    assert "already running" in cp.stdout
+
+    cp, timings["halt"] = halab(tb, ["halt", "k8s-node1"], lab_dir)
+    cp, _ = halab(tb, ["status"], lab_dir, check=False)
+    assert "shutoff" in cp.stdout or "poweroff" in cp.stdout, cp.stdout
+    cp, timings["up after halt"] = halab(tb, ["up", str(lab_dir / "vmt.yaml"), "--no-deploy"],
+                                         lab_dir)
+
+    cp, timings["destroy"] = halab(tb, ["destroy"], lab_dir)
+    assert not (lab_dir / ".halab" / "vmt").exists()
+    assert [d for d in tb.names("domain") if d.startswith("vmt_")] == []
+    assert [v for v in tb.names("volume") if v.startswith("vmt_")] == []
+    nets = [n for n in tb.names("network") if n not in ("default",)]
+    assert nets == [], nets
+    gs = tb.run(["vagrant", "global-status", "--prune"], cwd=lab_dir).stdout
+    assert "vmt" not in gs
+    print("\nVM lab timings (s): " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
