@@ -115,3 +115,38 @@ def load(path: Path) -> dict:
     if not isinstance(data, dict):
         raise HalabError(f"{path} is not a kubeconfig", hint="fix it before merging")
     return data
+
+
+def credentials(config: dict, path: str = "kubeconfig") -> tuple[bytes, bytes, bytes, str]:
+    """(CA PEM, client cert PEM, client key PEM, server) of a kubeconfig's current context.
+
+    Only embedded credentials (``*-data``) are accepted: the file came from
+    another machine, so paths in it would name files that are not here.
+    """
+    def pick(section: str, name: str | None) -> dict:
+        entries = config.get(section) or []
+        for e in entries:
+            if name is None or e.get("name") == name:
+                return e
+        raise HalabError(f"{path}: no {section[:-1]} {name!r}" if name else f"{path}: no {section}",
+                         hint="the file is incomplete; run the deploy again")
+
+    if not isinstance(config, dict) or not config.get("clusters"):
+        raise HalabError(f"{path} is not a kubeconfig (no clusters)",
+                         hint="the file is incomplete; run the deploy again")
+    current = config.get("current-context")
+    ctx = pick("contexts", current or None).get("context") or {}
+    cluster = pick("clusters", ctx.get("cluster")).get("cluster") or {}
+    user = pick("users", ctx.get("user")).get("user") or {}
+    fields = {"certificate-authority-data": cluster.get("certificate-authority-data"),
+              "client-certificate-data": user.get("client-certificate-data"),
+              "client-key-data": user.get("client-key-data")}
+    missing = [k for k, v in fields.items() if not v]
+    if missing:
+        raise HalabError(f"{path} has no embedded {', '.join(missing)}",
+                         hint="halab needs the credentials inside the file, not paths to them")
+    try:
+        ca, cert, key = (base64.b64decode(fields[k], validate=True) for k in fields)
+    except ValueError as exc:
+        raise HalabError(f"{path}: credentials are not valid base64 ({exc})") from exc
+    return ca, cert, key, str(cluster.get("server", ""))

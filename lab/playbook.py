@@ -229,15 +229,33 @@ class _Local:
         return self.proc.poll() is None
 
 
-class _OverSsh:
-    """ansible-playbook started through a Remote; its PID is reported first."""
+def remote_line(cmd: PlaybookCommand, sudo: bool = False) -> str:
+    """The shell line run over SSH: report the PID, then exec ansible-playbook (pure).
 
-    def __init__(self, cmd: PlaybookCommand, remote, out: "queue.Queue"):
+    With ``sudo`` the line runs under ``setsid -w``: behind sudo the shell is
+    not a process-group leader, so only a new session makes the reported PID
+    the group that Ctrl-C must stop (``-w`` keeps the exit status).
+    """
+    line = f"echo {PID_MARKER}$$; {cmd.shell(exec_=True)}"
+    if sudo:
+        line = f"exec setsid -w sh -c {shlex.quote(line)}"
+    return line
+
+
+class _OverSsh:
+    """ansible-playbook started through a Remote; its PID is reported first.
+
+    ``sudo``: run it (and the signals that stop it) as root via ``sudo -n``
+    when the SSH user is not root (e.g. ``vagrant``).
+    """
+
+    def __init__(self, cmd: PlaybookCommand, remote, out: "queue.Queue", sudo: bool = False):
         self.remote = remote
+        self.sudo = sudo
         self.pid: Optional[int] = None
         self._out = out
         self._done = threading.Event()
-        line = f"echo {PID_MARKER}$$; {cmd.shell(exec_=True)}"
+        line = remote_line(cmd, sudo)
         self.thread = threading.Thread(target=self._pump, args=(line,), name="ansible-ssh", daemon=True)
         self.thread.start()
 
@@ -252,7 +270,7 @@ class _OverSsh:
 
     def _pump(self, line: str) -> None:
         try:
-            res = self.remote.run(line, stream=self._on_line, stderr_stream=self._on_line)
+            res = self.remote.run(line, stream=self._on_line, stderr_stream=self._on_line, sudo=self.sudo)
             self._out.put(_Done(res.exited))
         except BaseException as exc:  # HalabError on a dropped connection
             self._out.put(_Done(None, exc))
@@ -267,7 +285,8 @@ class _OverSsh:
                 self.remote.close()
             return
         try:
-            self.remote.run(f"kill -{int(sig)} -- -{self.pid} 2>/dev/null || kill -{int(sig)} {self.pid}", timeout=10)
+            self.remote.run(f"kill -{int(sig)} -- -{self.pid} 2>/dev/null || kill -{int(sig)} {self.pid}", timeout=10,
+                            sudo=self.sudo)
         except HalabError:
             pass
 
@@ -289,11 +308,16 @@ def run_playbook(
     resume_command: Optional[str] = None,
     interrupt_grace: float = 15.0,
     term_grace: float = 5.0,
+    sudo: bool = False,
+    on_idle: Optional[Callable[[AnsibleProgress], None]] = None,
+    idle_interval: float = 5.0,
 ) -> PlaybookSummary:
     """Run the playbook, locally or via ``remote``; never leaves ansible running.
 
     Every output line goes to ``log_path`` (appended, flushed per line) and to
-    the parser; ``on_progress(progress, line)`` is called after each line.
+    the parser; ``on_progress(progress, line)`` is called after each line, and
+    ``on_idle(progress)`` every ``idle_interval`` s while no line arrives (a
+    long task: keep the elapsed time moving). ``sudo``: see :class:`_OverSsh`.
     KeyboardInterrupt, from the terminal or from ``on_progress``, sends SIGINT
     to the ansible process group, then SIGTERM after ``interrupt_grace`` s and
     SIGKILL after ``term_grace`` more; the summary then says ``interrupted``.
@@ -309,7 +333,7 @@ def run_playbook(
         log.write(f"# halab {time.strftime('%Y-%m-%d %H:%M:%S')} {'on ' + remote.name + ': ' if remote else ''}{cmd.shell()}\n")
         log.flush()
         try:
-            runner = _OverSsh(cmd, remote, lines) if remote is not None else _Local(cmd, lines)
+            runner = _OverSsh(cmd, remote, lines, sudo) if remote is not None else _Local(cmd, lines)
         except OSError as exc:
             raise HalabError(f"cannot start ansible-playbook: {exc}", hint="is ansible-core installed?") from exc
 
@@ -326,11 +350,15 @@ def run_playbook(
 
         try:
             try:
+                quiet_since = time.monotonic()
                 while done is None:
                     try:
                         done = consume(lines.get(timeout=0.2))
+                        quiet_since = time.monotonic()
                     except queue.Empty:
-                        continue
+                        if on_idle is not None and time.monotonic() - quiet_since >= idle_interval:
+                            quiet_since = time.monotonic()
+                            on_idle(progress)
             except KeyboardInterrupt:
                 interrupted = True
                 log.write("# halab: interrupted (Ctrl-C), stopping ansible-playbook\n")

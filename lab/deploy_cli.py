@@ -1,0 +1,100 @@
+"""`halab deploy`: (re)deploy Kubernetes on an existing lab, then verify it.
+
+kubespray labs run kubespray on admin-lb (lab.kubespray); `deployer: static`
+labs (and every local-provider lab) start halab's own control plane
+(lab.deploy_static). A deploy that worked is followed by `halab verify`'s checks.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from . import kubeconfig as kc
+from .commands import echo_step, lab_options, open_lab
+from .errors import HalabError
+from .labdir import Lab
+from .table import table
+
+KUBESPRAY_ONLY = ("--reset", "--limit", "--tags")
+
+
+def uses_kubespray(scenario) -> bool:
+    return scenario.deployer == "kubespray" and scenario.provider != "local"
+
+
+def run_deploy(lab: Lab, reset: bool = False, limit: str | None = None, tags: str | None = None,
+               verify: bool = True) -> int:
+    """Deploy, record the result in the lab state, verify; returns the exit code."""
+    from . import deploy_static, kubespray
+    s, topo, prov = open_lab(lab)
+    if uses_kubespray(s):
+        click.echo(f"halab: deploying lab {lab.name} (Case {s.case}) with kubespray "
+                   f"{s.kubespray.version}")
+        result = kubespray.deploy(lab, topo, prov, progress=echo_step, limit=limit, tags=tags,
+                                  reset=reset)
+    else:
+        given = [flag for flag, value in zip(KUBESPRAY_ONLY, (reset, limit, tags)) if value]
+        if given:
+            raise HalabError(f"{', '.join(given)} only apply to kubespray; lab {lab.name} uses "
+                             f"the static deployer ({s.provider} provider)",
+                             hint=f"run `halab deploy --lab {lab.name}` without them")
+        click.echo(f"halab: deploying lab {lab.name} (Case {s.case}) with halab's static control plane")
+        result = deploy_static.deploy(lab, topo, prov, progress=echo_step)
+    lab.update(phase="deployed")
+    click.echo(f"halab: deployed in {result['seconds']} s")
+    if lab.kubeconfig.exists():
+        click.echo(f"  kubeconfig: {lab.kubeconfig} (context {kc.default_context(topo)}); "
+                   "`halab kubeconfig --merge` adds it to ~/.kube/config")
+    if not verify:
+        return 0
+    return verify_after_deploy(lab, topo, prov)
+
+
+def verify_after_deploy(lab: Lab, topo, provider) -> int:
+    """`halab verify`'s checks, when the provider can run them; 1 if any failed."""
+    from .verify import run_checks
+    needs = ["run"] + (["haproxy_stat"] if topo.load_balancers else []) + \
+        (["layout"] if topo.workers else [])
+    lacking = [n for n in needs if not hasattr(provider, n)]
+    if lacking:
+        click.echo(f"  verify skipped: the {type(provider).__name__} cannot run the checks "
+                   f"(no {', '.join(lacking)}); try `halab verify`")
+        return 0
+    click.echo("halab: verifying every access path")
+    try:
+        checks = run_checks(lab, topo, provider)
+    except HalabError as exc:
+        click.echo(f"  verify could not run: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+        lab.update(verify={"ok": False, "at": time.time(), "error": exc.message})
+        return 1
+    click.echo(table(["CHECK", "TARGET", "RESULT", "DETAIL"],
+                     [[c.name, c.target, "OK" if c.ok else "FAIL", c.detail] for c in checks]))
+    failed = [c for c in checks if not c.ok]
+    lab.update(verify={"ok": not failed, "at": time.time(),
+                       "failed": [f"{c.name} {c.target}" for c in failed]})
+    lab.event("verify", ok=not failed, failed=[c.target for c in failed])
+    if failed:
+        click.echo(f"\nthe deploy finished, but {len(failed)} check(s) failed:")
+        for c in failed:
+            click.echo(f"  {c.name} {c.target}: {c.detail}" + (f"; {c.advice}" if c.advice else ""))
+        return 1
+    click.echo(f"all {len(checks)} checks passed")
+    return 0
+
+
+def register(main: click.Group) -> None:
+    @main.command("deploy")
+    @click.option("--reset", is_flag=True,
+                  help="Run kubespray reset.yml first (wipes the cluster), then cluster.yml.")
+    @click.option("--limit", default=None, metavar="HOSTS",
+                  help="Passed to ansible-playbook --limit (kubespray only).")
+    @click.option("--tags", default=None, metavar="TAGS",
+                  help="Passed to ansible-playbook --tags (kubespray only).")
+    @lab_options
+    def deploy_cmd(lab, reset, limit, tags):
+        """Deploy Kubernetes on the lab (kubespray on admin-lb, or the static control plane),
+        write the lab kubeconfig, then verify. Running it again continues a failed deploy."""
+        from .cli import handle_errors
+        sys.exit(handle_errors(run_deploy)(lab, reset=reset, limit=limit, tags=tags))
