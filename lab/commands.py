@@ -140,9 +140,34 @@ def lab_health(machine_states: dict, deploy_state: str | None, faults: dict,
         return "Degraded"
     if deploy_state == "deployed" and any(v != "running" for v in (service_states or {}).values()):
         return "Degraded"
+    if deploy_state in ("failed", "partial"):
+        return "Failed"
+    if deploy_state == "interrupted":
+        return "Interrupted"
     if deploy_state != "deployed":
         return "Created" if not deploy_state else "Deploying"
     return "Running"
+
+
+def deploy_state_of(state: dict) -> str | None:
+    """The deploy state, with a deploy whose halab process died counted as interrupted."""
+    deploy = state.get("deploy") or {}
+    word = deploy.get("state")
+    pid = deploy.get("pid")
+    if word in ("starting", "deploying") and pid and not _alive(pid):
+        return "interrupted"
+    return word
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def status(lab: Lab) -> int:
@@ -160,7 +185,7 @@ def status(lab: Lab) -> int:
             svc_states.update({f"{n.name}/{k}": v for k, v in node_svcs.items()})
             services = " ".join(f"{k}:{v}" for k, v in node_svcs.items()) or "-"
         rows.append([n.name, n.role.replace("_", "-"), n.ip, m, services])
-    deploy = (state.get("deploy") or {}).get("state")
+    deploy = deploy_state_of(state)
     health = lab_health(machines, deploy, faults, svc_states)
     click.echo(f"{lab.name}: {health}")
     click.echo(f"  Case {s.case}, provider {s.provider}, deploy: {deploy or 'not deployed'}"

@@ -6,6 +6,7 @@ provider and VMs share it.
 """
 from __future__ import annotations
 
+import os
 import time
 from . import kubeconfig, pki as pkilib
 from .errors import HalabError
@@ -63,7 +64,7 @@ def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
         if taken:
             raise HalabError("; ".join(taken),
                              hint="stop that process, or `halab destroy` and `halab up` again")
-        lab.update(deploy={"state": "starting", "deployer": "static"})
+        lab.update(deploy={"state": "starting", "deployer": "static", "pid": os.getpid()})
         provider.start(specs, progress)
         write_kubeconfigs(lab, topo, pki, provider)
         progress("waiting for every access path to answer /readyz")

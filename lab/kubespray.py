@@ -14,6 +14,7 @@ pure functions; the side effects sit in :func:`deploy` and a few helpers.
 from __future__ import annotations
 
 import shlex
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -389,6 +390,7 @@ def deploy(lab: Lab, topo: Topology, provider, progress: Progress = lambda m: No
     plan = deploy_plan(topo, paths, limit, tags, reset)
     previous = lab.state().get("deploy") or {}
     lab.update(deploy={"state": "deploying", "deployer": "kubespray", "started_at": time.time(),
+                       "pid": os.getpid(),
                        "limit": limit, "tags": tags, "reset": reset})
     runs: list[dict] = []
     last: Optional[PlaybookSummary] = None

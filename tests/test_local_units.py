@@ -472,3 +472,15 @@ def test_supervisor_crash_loop_shows_restarting(tmp_path, throwaway_ns):
     finally:
         if pid is not None and procs._group_alive(pid):
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_deploy_killed_midway_reads_as_interrupted():
+    import subprocess
+    from lab.commands import deploy_state_of
+    p = subprocess.Popen(["true"])
+    p.wait()
+    assert deploy_state_of({"deploy": {"state": "starting", "pid": p.pid}}) == "interrupted"
+    assert deploy_state_of({"deploy": {"state": "starting", "pid": os.getpid()}}) == "starting"
+    assert deploy_state_of({"deploy": {"state": "deployed", "pid": p.pid}}) == "deployed"
+    assert lab_health({"a": "running"}, "interrupted", {}) == "Interrupted"
+    assert lab_health({"a": "running"}, "failed", {}) == "Failed"
