@@ -170,11 +170,11 @@ def write_tree_atomically(dest: Path, fill, force: bool = False) -> None:
 def _register_optional_commands():
     """Verbs that live in their own modules (lab lifecycle, drills) register themselves."""
     import importlib
-    for module in ("lab.commands",):
+    for module in ("lab.commands", "lab.drill.cli", "lab.vmcommands", "lab.deploy_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if not module.startswith(exc.name or "\0"):
                 raise
             continue
         mod.register(main)

@@ -99,7 +99,9 @@ def run_checks(lab, topo: Topology, provider, write: bool = True) -> list[Check]
     checks = [check_path(lab, topo, provider, p) for p in topo.access_paths()]
     for lb in topo.load_balancers:
         try:
-            states = backend_states(provider.haproxy_socket(lb.name))
+            states = {r["svname"]: r["status"] for r in provider.haproxy_stat(lb.name)
+                      if r.get("pxname") == "k8s-api"
+                      and r.get("svname") not in ("FRONTEND", "BACKEND")}
             bad = {k: v for k, v in states.items() if not v.startswith("UP")}
             checks.append(Check("HAProxy backends", lb.name, not bad and bool(states),
                                 ", ".join(f"{k} {v}" for k, v in states.items()),

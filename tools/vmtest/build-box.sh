@@ -27,7 +27,7 @@
 #   HALAB_SKIP_APT=1      do not install the host packages
 set -euo pipefail
 
-RECIPE_VERSION=3
+RECIPE_VERSION=5
 SUITE=bookworm
 BOX_NAME=halab-debian12
 CACHE=${HALAB_CACHE:-${HOME:-/root}/.cache/halab}
@@ -100,18 +100,20 @@ apt_install() {
             missing+=("$p")
     done
     ((${#missing[@]})) || return 0
+    command -v apt-get >/dev/null || { log "ERROR: no apt-get; install: ${missing[*]}"; exit 3; }
     log "installing host packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     for try in 1 2 3 4 5 6; do
         # Another process may hold the dpkg lock for a few minutes.
-        if apt-get install -y -q -o DPkg::Lock::Timeout=300 "${missing[@]}"; then
+        if apt-get install -y -q -o DPkg::Lock::Timeout=300 "${missing[@]}" >&2; then
             return 0
         fi
         log "apt-get install failed (try $try); running apt-get update and retrying"
-        apt-get update -q -o DPkg::Lock::Timeout=300 || true
+        apt-get update -q -o DPkg::Lock::Timeout=300 >&2 || true
         sleep 10
     done
-    die "could not install: ${missing[*]}"
+    log "ERROR: could not install: ${missing[*]}"
+    exit 3   # tells callers (the pytest fixture) that the host cannot have the tools
 }
 
 debian_mirror() {
@@ -153,8 +155,21 @@ source /etc/network/interfaces.d/*
 auto lo
 iface lo inet loopback
 
-allow-hotplug eth0
+auto eth0
 iface eth0 inet dhcp
+EOF
+# Vagrant's Debian hostname step runs "systemctl stop/start ifup@IFACE" for
+# every NIC; stock ifup@ then fails (system "degraded") for NICs that are not
+# allow-hotplug (eth0 here, Vagrant's private networks: auto ethN, brought up
+# by networking.service and Vagrant's own ifup). Make ifup@ touch only
+# allow-hotplug interfaces.
+mkdir -p /etc/systemd/system/ifup@.service.d
+cat >/etc/systemd/system/ifup@.service.d/halab.conf <<'EOF'
+[Service]
+ExecStart=
+ExecStart=/bin/sh -ec 'if ifquery --allow=hotplug -l | grep -qx "%I"; then ifup --allow=hotplug "%I"; ifquery --state "%I"; fi'
+ExecStop=
+ExecStop=/bin/sh -c 'if ifquery --allow=hotplug -l | grep -qx "%I"; then exec /sbin/ifdown "%I"; fi'
 EOF
 
 # vagrant user: passwordless sudo + Vagrant's insecure key (replaced at first up).
@@ -165,7 +180,9 @@ chmod 0440 /etc/sudoers.d/vagrant
 install -d -m 0700 -o vagrant -g vagrant /home/vagrant/.ssh
 install -m 0600 -o vagrant -g vagrant /tmp/vagrant.pub /home/vagrant/.ssh/authorized_keys
 rm -f /tmp/vagrant.pub
-printf 'UseDNS no\nPasswordAuthentication no\nPermitRootLogin no\n' >/etc/ssh/sshd_config.d/halab.conf
+# ed25519 + ecdsa host keys only: RSA key generation takes ~30 s under TCG.
+printf '%s\n' 'HostKey /etc/ssh/ssh_host_ed25519_key' 'HostKey /etc/ssh/ssh_host_ecdsa_key' \
+    'UseDNS no' 'PasswordAuthentication no' 'PermitRootLogin no' >/etc/ssh/sshd_config.d/halab.conf
 
 # Per-VM identity: new ssh host keys and machine-id at first boot.
 rm -f /etc/ssh/ssh_host_*
@@ -173,10 +190,12 @@ cat >/etc/systemd/system/halab-ssh-hostkeys.service <<'EOF'
 [Unit]
 Description=Generate missing SSH host keys
 Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
+ExecStart=/usr/bin/ssh-keygen -q -t ecdsa -N "" -f /etc/ssh/ssh_host_ecdsa_key
 
 [Install]
 WantedBy=multi-user.target
@@ -196,8 +215,12 @@ ExecStart=/sbin/resize2fs /dev/vda
 WantedBy=multi-user.target
 EOF
 systemctl enable halab-ssh-hostkeys.service halab-growfs.service
-# Nothing to fetch offline; save CPU under emulation.
-systemctl mask apt-daily.timer apt-daily-upgrade.timer >/dev/null 2>&1 || true
+# Nothing to fetch offline; save CPU under emulation (e2scrub_reap: ~40 s per boot).
+systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
+    >/dev/null 2>&1 || true
+# Installed for offline provisioning but not started at boot on every node: the
+# provisioning enables what a node's role needs (systemctl enable --now ...).
+systemctl disable haproxy.service keepalived.service nfs-server.service >/dev/null 2>&1 || true
 : >/etc/machine-id
 rm -f /var/lib/dbus/machine-id
 ln -s /etc/machine-id /var/lib/dbus/machine-id
