@@ -34,6 +34,7 @@ class VagrantProvider:
         self.k8s_bin_dir = k8s_bin_dir
         self.vagrant = Vagrant(lab.path, topo.scenario.provider, lab.logs)
         self._remotes: dict[str, remotelib.Remote] = {}
+        self.fs_root = ""  # prefix for paths on the VMs (tests point it at a folder)
 
     # ------------------------------------------------------------ machines
     def up(self, progress=lambda m: None, timeout: float = 1800) -> dict:
@@ -123,8 +124,12 @@ class VagrantProvider:
                                    local=False)
 
     def plan(self, pki: dict, secrets) -> list:
+        """The static plan; kubespray labs get name-only specs (their services exist already)."""
         specs = controlplane.plan(self.topo, pki, self.layout, secrets, LAB_IFACE)
-        return [s for s in specs if s.name not in PROVISIONED_SERVICES]
+        if self.topo.scenario.deployer == "static":
+            return specs
+        from ..procs import ServiceSpec
+        return [ServiceSpec(s.node, s.name, ()) for s in specs]
 
     def ports_taken(self, specs) -> list[str]:
         return []  # fresh VMs; a unit that cannot bind fails and shows in dead_services
@@ -154,7 +159,17 @@ class VagrantProvider:
         self.remote(node).put(str(local), target, mode=0o755)
 
     def start(self, specs, progress=lambda m: None) -> None:
-        """Each service becomes a systemd unit with Restart=always (kubelet's job on a real node)."""
+        """Each service becomes a systemd unit with Restart=always (kubelet's job on a real node).
+
+        Services the VM already has (HAProxy and keepalived from provisioning, every
+        service of a kubespray cluster) are only started again (a drill's restore).
+        """
+        existing = [s for s in specs if s.name in PROVISIONED_SERVICES
+                    or self.topo.scenario.deployer != "static"]
+        for spec in existing:
+            self._check(spec.node, service_command(self.topo.scenario.deployer, spec.name, "start",
+                                                   self.fs_root))
+        specs = [s for s in specs if s not in existing]
         binaries = {"etcd": Path(shutil.which("etcd") or "/usr/bin/etcd")}
         for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
             binaries[name] = Path(self.k8s_bin_dir or "") / name
@@ -186,15 +201,34 @@ class VagrantProvider:
         return dead
 
     def stop_service(self, node: str, name: str, hard: bool = False) -> None:
-        self._check(node, f"systemctl {'kill -s KILL' if hard else 'stop'} halab-{name}")
+        self._check(node, service_command(self.topo.scenario.deployer, name,
+                                          "kill" if hard else "stop", self.fs_root))
+
+    def freeze(self, node: str) -> list[str]:
+        """A hung VM: the hypervisor pauses it (TCP peers see silence, no RST)."""
+        self._host(vm_control_argv(self.topo.scenario.provider, self.topo.name, node, "pause"))
+        return [node]
+
+    def thaw(self, node: str) -> list[str]:
+        self._host(vm_control_argv(self.topo.scenario.provider, self.topo.name, node, "resume"))
+        return [node]
+
+    def partition(self, node: str) -> None:
+        """Drop everything on the lab NIC; SSH from the host uses the NAT NIC and still works."""
+        self._check(node, partition_command(str(self.topo.node(node).ip), cut=True))
+
+    def heal(self, node: str) -> None:
+        self._check(node, partition_command(str(self.topo.node(node).ip), cut=False))
+
+    def _host(self, argv: list[str]) -> None:
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if cp.returncode != 0:
+            raise HalabError(f"{' '.join(argv)} failed: {cp.stderr.strip()}")
 
     # ------------------------------------------------------------ faults
     def power_off(self, node: str) -> None:
         """A real power-off (not `vagrant halt --force`, which is an ACPI shutdown on libvirt)."""
-        argv = power_off_argv(self.topo.scenario.provider, self.topo.name, node)
-        cp = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        if cp.returncode != 0:
-            raise HalabError(f"{' '.join(argv)} failed: {cp.stderr.strip()}")
+        self._host(power_off_argv(self.topo.scenario.provider, self.topo.name, node))
         self._remotes.pop(node, None)
 
     def power_on(self, node: str, specs=()) -> None:
@@ -215,6 +249,54 @@ def _put_bytes(remote, data: bytes, path: str) -> None:
         f.write(data)
         f.flush()
         remote.put(f.name, path)
+
+
+MANIFESTS = "/etc/kubernetes/manifests"
+PARKED = "/etc/kubernetes/halab-stopped"
+PARTITION_TAG = "halab-partition"
+
+
+def service_command(deployer: str, name: str, action: str, root: str = "") -> str:
+    """The shell command that stops ("stop", "kill") or starts a service on a VM.
+
+    kubespray runs kube-apiserver as a static pod: moving its manifest out makes
+    kubelet stop it, moving it back restores it (`crictl stop` only makes kubelet
+    restart it). etcd, HAProxy and keepalived are systemd units there; halab's
+    static deployer names its units halab-<service>. `root` prefixes paths (tests).
+    """
+    if deployer == "kubespray" and name == "kube-apiserver":
+        src, dst = f"{root}{MANIFESTS}/kube-apiserver.yaml", f"{root}{PARKED}/kube-apiserver.yaml"
+        if action == "start":
+            return f"test ! -e {dst} || mv {dst} {src}"
+        return f"mkdir -p {root}{PARKED} && {{ test ! -e {src} || mv {src} {dst}; }}"
+    unit = name if name in PROVISIONED_SERVICES or deployer == "kubespray" else f"halab-{name}"
+    if action == "kill":
+        return f"systemctl kill -s KILL {unit} && systemctl stop {unit}"
+    return f"systemctl {action} {unit}"
+
+
+def partition_command(ip: str, cut: bool) -> str:
+    """iptables rules that drop the lab NIC's traffic (added once, removed completely)."""
+    iface = f"$(ip -o -4 addr show | awk '$4 ~ /^{re_escape(ip)}\\//{{print $2}}' | head -n1)"
+    rules = [f"INPUT -i \"$IF\" -m comment --comment {PARTITION_TAG} -j DROP",
+             f"OUTPUT -o \"$IF\" -m comment --comment {PARTITION_TAG} -j DROP"]
+    if cut:
+        body = "; ".join(f"iptables -C {r} 2>/dev/null || iptables -I {r}" for r in rules)
+    else:
+        body = "; ".join(f"while iptables -C {r} 2>/dev/null; do iptables -D {r}; done"
+                         for r in rules)
+    return f"IF={iface}; test -n \"$IF\" && {{ {body}; }}"
+
+
+def re_escape(ip: str) -> str:
+    return ip.replace(".", "\\.")
+
+
+def vm_control_argv(provider: str, lab: str, node: str, action: str) -> list[str]:
+    """Pause/resume a whole VM with the hypervisor (a frozen node)."""
+    if provider == "libvirt":
+        return ["virsh", "suspend" if action == "pause" else "resume", f"{lab}_{node}"]
+    return ["VBoxManage", "controlvm", f"{lab}-{node}", action]
 
 
 def power_off_argv(provider: str, lab: str, node: str) -> list[str]:

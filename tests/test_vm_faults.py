@@ -1,0 +1,152 @@
+"""The exact commands each drill fault sends to a VM (and its restore), run over Fabric
+against a real sshd. The VM's tools (systemctl, iptables, ip) and the hypervisor's
+(virsh, VBoxManage) are stand-ins that record their arguments: they cannot run here,
+and must not touch this machine."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from lab import remote as remotelib
+from lab import scenario
+from lab.labdir import Lab
+from lab.providers import vagrant as vprov
+from lab.topology import Topology
+from tests.support.sshd import sshd_server  # noqa: F401
+
+IPTABLES = r'''#!/usr/bin/env python3
+# stand-in for iptables: keeps rules in a file so -C/-I/-D behave like the real one
+import sys, os
+state = os.environ.get("FAKE_STATE", "/tmp") + "/iptables.rules"
+rules = open(state).read().splitlines() if os.path.exists(state) else []
+op, rule = sys.argv[1], " ".join(sys.argv[2:])
+open(os.environ["FAKE_STATE"] + "/calls.log", "a").write("iptables " + " ".join(sys.argv[1:]) + "\n")
+if op == "-C":
+    sys.exit(0 if rule in rules else 1)
+if op == "-I":
+    rules.insert(0, rule)
+elif op == "-D":
+    if rule not in rules:
+        sys.exit(1)
+    rules.remove(rule)
+open(state, "w").write("\n".join(rules) + ("\n" if rules else ""))
+'''
+RECORDER = '#!/bin/sh\necho "$(basename "$0") $*" >> "$FAKE_STATE/calls.log"\n'
+IP = ('#!/bin/sh\necho "ip $*" >> "$FAKE_STATE/calls.log"\n'
+      'echo "3: eth1    inet 192.168.10.11/24 brd 192.168.10.255 scope global eth1"\n'
+      'echo "2: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global eth0"\n')
+
+
+class PathRemote:
+    """A real Fabric Remote whose commands find the stand-ins first."""
+
+    def __init__(self, inner, stubs: Path, state: Path):
+        self.inner, self.stubs, self.state, self.user = inner, stubs, state, inner.user
+
+    def run(self, cmd, **kw):
+        return self.inner.run(f"export PATH={self.stubs}:$PATH FAKE_STATE={self.state}; {cmd}", **kw)
+
+
+@pytest.fixture
+def vm_provider(sshd_server, tmp_path, monkeypatch):  # noqa: F811
+    host, port, user, key = sshd_server[:4]
+    stubs, state, root = tmp_path / "bin", tmp_path / "state", tmp_path / "vmroot"
+    for d in (stubs, state, root / "etc/kubernetes/manifests"):
+        d.mkdir(parents=True)
+    (root / "etc/kubernetes/manifests/kube-apiserver.yaml").write_text("kind: Pod\n")
+    for name, text in {"iptables": IPTABLES, "systemctl": RECORDER, "ip": IP,
+                       "virsh": RECORDER, "VBoxManage": RECORDER}.items():
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stubs}:{os.environ['PATH']}")  # host-side: virsh, VBoxManage
+    monkeypatch.setenv("FAKE_STATE", str(state))
+
+    def make(scenario_name="case2", provider="libvirt", deployer="kubespray"):
+        p = tmp_path / f"{scenario_name}-{provider}-{deployer}.yaml"
+        p.write_text(f"extends: {scenario_name}\nprovider: {provider}\ndeployer: {deployer}\n"
+                     "control_plane: {memory: 2048}\n")
+        s = scenario.load(str(p))
+        prov = vprov.VagrantProvider(Lab(tmp_path / "lab"), Topology.of(s))
+        real = remotelib.connect(host, port=port, user=user, key_filename=key)
+        prov._remotes = {n.name: PathRemote(real, stubs, state) for n in prov.topo.nodes}
+        prov.fs_root = str(root)
+        return prov
+    make.calls = lambda: (state / "calls.log").read_text().splitlines() \
+        if (state / "calls.log").exists() else []
+    make.root = root
+    make.state = state
+    return make
+
+
+pytestmark = pytest.mark.ssh
+
+
+def test_stop_apiserver_on_kubespray_moves_the_manifest_out_and_back(vm_provider):
+    prov = vm_provider()
+    manifest = vm_provider.root / "etc/kubernetes/manifests/kube-apiserver.yaml"
+    parked = vm_provider.root / "etc/kubernetes/halab-stopped/kube-apiserver.yaml"
+    prov.stop_service("k8s-node1", "kube-apiserver")
+    assert not manifest.exists() and parked.read_text() == "kind: Pod\n"
+    prov.stop_service("k8s-node1", "kube-apiserver")  # twice is harmless
+    assert parked.exists()
+    from lab.procs import ServiceSpec
+    prov.start([ServiceSpec("k8s-node1", "kube-apiserver", ())])
+    assert manifest.exists() and not parked.exists()
+    assert vm_provider.calls() == []  # no systemctl: kubelet does the stopping
+
+
+def test_stop_etcd_and_lb_use_the_units(vm_provider):
+    prov = vm_provider()
+    from lab.procs import ServiceSpec
+    prov.stop_service("k8s-node1", "etcd")
+    prov.stop_service("admin-lb", "haproxy")
+    prov.start([ServiceSpec("admin-lb", "haproxy", ()), ServiceSpec("k8s-node1", "etcd", ())])
+    assert vm_provider.calls() == ["systemctl stop etcd", "systemctl stop haproxy",
+                                   "systemctl start haproxy", "systemctl start etcd"]
+
+
+def test_static_deployer_units_are_halab_prefixed(vm_provider):
+    prov = vm_provider(deployer="static")
+    prov.stop_service("k8s-node1", "kube-apiserver")
+    prov.stop_service("k8s-node1", "etcd", hard=True)
+    prov.stop_service("admin-lb", "haproxy")
+    assert vm_provider.calls() == ["systemctl stop halab-kube-apiserver",
+                                   "systemctl kill -s KILL halab-etcd",
+                                   "systemctl stop halab-etcd", "systemctl stop haproxy"]
+
+
+def test_partition_drops_the_lab_nic_only_and_heal_removes_every_rule(vm_provider):
+    prov = vm_provider()
+    prov.partition("k8s-node1")
+    prov.partition("k8s-node1")  # idempotent: rules are not doubled
+    rules = (vm_provider.state / "iptables.rules").read_text().splitlines()
+    assert sorted(rules) == sorted([
+        "INPUT -i eth1 -m comment --comment halab-partition -j DROP",
+        "OUTPUT -o eth1 -m comment --comment halab-partition -j DROP"])
+    prov.heal("k8s-node1")
+    assert (vm_provider.state / "iptables.rules").read_text() == ""
+    assert any(c.startswith("ip -o -4 addr show") for c in vm_provider.calls())
+
+
+@pytest.mark.parametrize("provider,off,pause,resume", [
+    ("libvirt", "virsh destroy case2_k8s-node1", "virsh suspend case2_k8s-node1",
+     "virsh resume case2_k8s-node1"),
+    ("virtualbox", "VBoxManage controlvm case2-k8s-node1 poweroff",
+     "VBoxManage controlvm case2-k8s-node1 pause", "VBoxManage controlvm case2-k8s-node1 resume"),
+])
+def test_kill_and_freeze_use_the_hypervisor(vm_provider, provider, off, pause, resume):
+    prov = vm_provider(provider=provider)
+    prov.power_off("k8s-node1")
+    prov.freeze("k8s-node2")
+    prov.thaw("k8s-node2")
+    assert vm_provider.calls() == [off, pause.replace("node1", "node2"),
+                                   resume.replace("node1", "node2")]
+
+
+def test_power_off_is_never_vagrant_halt():
+    for provider in ("libvirt", "virtualbox"):
+        argv = vprov.power_off_argv(provider, "lab", "n1")
+        assert "halt" not in argv and argv[0] in ("virsh", "VBoxManage")
