@@ -539,8 +539,8 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     member_field = "etcd.count" if etcd_topology == "external" else "control_plane.count"
     if members and members % 2 == 0:
         chk.error(member_field, members,
-                  f"etcd needs an odd number of members ({members} tolerate no more failures "
-                  f"than {members - 1}, and a split vote can stall)",
+                  f"etcd needs an odd number of members ({members} members survive only "
+                  f"{(members - 1) // 2} failure(s), like {members - 1}, and need a larger quorum)",
                   f"use {members - 1} or {members + 1}")
 
     lb_flag = d["admin_lb"]["load_balancer"]
