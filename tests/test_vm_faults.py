@@ -132,8 +132,8 @@ def test_partition_drops_the_lab_nic_only_and_heal_removes_every_rule(vm_provide
 
 
 @pytest.mark.parametrize("provider,off,pause,resume", [
-    ("libvirt", "virsh destroy case2_k8s-node1", "virsh suspend case2_k8s-node1",
-     "virsh resume case2_k8s-node1"),
+    ("libvirt", "virsh destroy halab-case2-k8s-node1", "virsh suspend halab-case2-k8s-node1",
+     "virsh resume halab-case2-k8s-node1"),
     ("virtualbox", "VBoxManage controlvm case2-k8s-node1 poweroff",
      "VBoxManage controlvm case2-k8s-node1 pause", "VBoxManage controlvm case2-k8s-node1 resume"),
 ])

@@ -77,11 +77,26 @@ class VagrantProvider:
     def destroy(self, progress=lambda m: None) -> list[str]:
         self.vagrant.destroy()
         progress("VMs destroyed; vagrant global-status pruned")
+        if self.topo.scenario.provider == "libvirt":
+            # vagrant-libvirt keeps the networks it created; they are the lab's
+            for net in self.libvirt_networks():
+                for verb in ("net-destroy", "net-undefine"):
+                    subprocess.run(["virsh", verb, net], capture_output=True, timeout=60)
+                progress(f"removed libvirt network {net}")
         return self.leftovers()
+
+    def libvirt_networks(self) -> list[str]:
+        cp = subprocess.run(["virsh", "net-list", "--all", "--name"], capture_output=True,
+                            text=True, timeout=60)
+        prefix = f"halab-{self.topo.name}-"
+        return [n.strip() for n in cp.stdout.splitlines() if n.strip().startswith(prefix)]
 
     def leftovers(self) -> list[str]:
         states = self.vagrant.status()
-        return [f"VM {n} ({s})" for n, s in states.items() if s not in ("not_created",)]
+        left = [f"VM {n} ({s})" for n, s in states.items() if s not in ("not_created",)]
+        if self.topo.scenario.provider == "libvirt":
+            left += [f"libvirt network {n}" for n in self.libvirt_networks()]
+        return left
 
     # ------------------------------------------------------------ commands on VMs
     def remote(self, node: str) -> remotelib.Remote:
@@ -295,12 +310,12 @@ def re_escape(ip: str) -> str:
 def vm_control_argv(provider: str, lab: str, node: str, action: str) -> list[str]:
     """Pause/resume a whole VM with the hypervisor (a frozen node)."""
     if provider == "libvirt":
-        return ["virsh", "suspend" if action == "pause" else "resume", f"{lab}_{node}"]
+        return ["virsh", "suspend" if action == "pause" else "resume", f"halab-{lab}-{node}"]
     return ["VBoxManage", "controlvm", f"{lab}-{node}", action]
 
 
 def power_off_argv(provider: str, lab: str, node: str) -> list[str]:
     """The provider's hard power-off for one VM (names as the Vagrantfile sets them)."""
     if provider == "libvirt":
-        return ["virsh", "destroy", f"{lab}_{node}"]
+        return ["virsh", "destroy", f"halab-{lab}-{node}"]
     return ["VBoxManage", "controlvm", f"{lab}-{node}", "poweroff"]
