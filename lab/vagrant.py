@@ -58,6 +58,8 @@ class ProgressTracker:
         if vm.started is None:
             vm.started = now
         msg = m.group("msg").strip()
+        if msg.startswith("-- "):  # vagrant-libvirt's domain parameter dump
+            return vm
         for needle, state in self.STATES:
             if needle in msg:
                 vm.state = state
