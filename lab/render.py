@@ -281,8 +281,12 @@ def vagrantfile(topo: Topology) -> str:
 
 
 def scripts() -> dict[str, str]:
+    """The provisioning scripts; their shared helpers travel with the lab files."""
     folder = resource_dir("scripts")
-    return {f"scripts/{p.name}": p.read_text() for p in sorted(folder.glob("*.sh"))}
+    out = {f"scripts/{p.name}": p.read_text() for p in sorted(folder.glob("*.sh"))
+           if p.name != "lib.sh"}
+    out["files/lib.sh"] = (folder / "lib.sh").read_text()
+    return out
 
 
 def render(s: Scenario, secrets: LabSecrets) -> dict[str, str]:

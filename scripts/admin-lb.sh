@@ -6,36 +6,16 @@
 set -euo pipefail
 
 NODE_NAME=${1:?node name}
+# shellcheck disable=SC2034  # NODE_IP is used by lib.sh's lab_iface
 NODE_IP=${2:?node address}
 FILES=/tmp/halab
 # shellcheck source=/dev/null
 source "$FILES/lab.env"
+# shellcheck source=/dev/null
+source "$FILES/lib.sh"
 KUBESPRAY_DIR=/root/kubespray
 KUBESPRAY_VENV=/root/kubespray-venv
 INVENTORY_DIR=$KUBESPRAY_DIR/inventory/$LAB_NAME
-
-step() { echo "[halab] $NODE_NAME: $*"; }
-warn() { echo "[halab] $NODE_NAME: WARNING: $*" >&2; }
-
-pkg_install() {
-  local missing=() pair cmd pkg
-  for pair in "$@"; do
-    cmd=${pair%%:*}; pkg=${pair#*:}
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  step "installing ${missing[*]}"
-  if [ "$LAB_OS_FAMILY" = rhel ]; then
-    dnf install -y -q "${missing[@]}"
-  else
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" ||
-      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; }
-  fi
-}
-
-lab_iface() {
-  ip -o -4 addr show | awk -v ip="$NODE_IP" '{split($4, a, "/"); if (a[1] == ip) print $2}' | head -n1
-}
 
 install_if_changed() {
   # install_if_changed SRC DEST: copy and report whether the content changed

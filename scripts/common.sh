@@ -11,29 +11,8 @@ ROLE=${3:?node role}
 FILES=/tmp/halab
 # shellcheck source=/dev/null
 source "$FILES/lab.env"
-
-step() { echo "[halab] $NODE_NAME: $*"; }
-
-pkg_install() {
-  # installs only the packages whose command is missing: offline re-runs work
-  local missing=() pair cmd pkg
-  for pair in "$@"; do
-    cmd=${pair%%:*}; pkg=${pair#*:}
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  step "installing ${missing[*]}"
-  if [ "$LAB_OS_FAMILY" = rhel ]; then
-    dnf install -y -q "${missing[@]}"
-  else
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" ||
-      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; }
-  fi
-}
-
-lab_iface() {
-  ip -o -4 addr show | awk -v ip="$NODE_IP" '{split($4, a, "/"); if (a[1] == ip) print $2}' | head -n1
-}
+# shellcheck source=/dev/null
+source "$FILES/lib.sh"
 
 step "time zone $LAB_TIMEZONE"
 if command -v timedatectl >/dev/null 2>&1 && timedatectl set-timezone "$LAB_TIMEZONE" 2>/dev/null; then

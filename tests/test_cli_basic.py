@@ -105,7 +105,7 @@ def test_show_access_paths_per_case(name, external, workers, via_external):
 # ------------------------------------------------------------------ render
 
 CASE2_FILES = {
-    "Vagrantfile", "lab.json", "files/lab.env", "files/hosts", "files/authorized_keys",
+    "Vagrantfile", "lab.json", "files/lab.env", "files/lib.sh", "files/hosts", "files/authorized_keys",
     "files/exports", "files/admin-lb/haproxy.cfg", "keys/id_ed25519", "keys/id_ed25519.pub",
     "keys/vrrp_password", "scripts/admin-lb.sh", "scripts/common.sh", "inventory/inventory.ini",
     "inventory/group_vars/all/zz-halab.yml", "inventory/group_vars/k8s_cluster/zz-halab.yml",

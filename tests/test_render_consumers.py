@@ -178,7 +178,10 @@ def test_scripts_pass_bash_n_and_shellcheck(name, labs):
         assert os.access(lab_dir / rel, os.X_OK), f"{rel} is not executable"
         proc = _run(["bash", "-n", str(lab_dir / rel)])
         assert proc.returncode == 0, _explain(proc)
-    proc = _run(["shellcheck", "--shell=bash", *scripts], cwd=lab_dir)
+    # the helpers they source travel in files/ (uploaded to /tmp/halab)
+    proc = _run(["bash", "-n", str(lab_dir / "files/lib.sh")])
+    assert proc.returncode == 0, _explain(proc)
+    proc = _run(["shellcheck", "--shell=bash", *scripts, "files/lib.sh"], cwd=lab_dir)
     assert proc.returncode == 0, _explain(proc)
 
     # lab.env is what the scripts `source`: bash must read back exactly the values
