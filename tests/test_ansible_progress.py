@@ -17,7 +17,7 @@ from lab.ansible_progress import (
     parse_recap_line,
     render_recap_table,
 )
-from tests.support.ansible_runs import DATA, LOCAL_INVENTORY, group_members, run_capture, ssh_inventory
+from tests.support.ansible_runs import DATA, LOCAL_INVENTORY, group_left, run_capture, ssh_inventory
 from tests.support.sshd import free_port, sshd_server  # noqa: F401
 
 
@@ -236,7 +236,7 @@ def test_live_interrupt(tmp_path):
     text, rc, pid = run_capture("interrupt.yml", LOCAL_INVENTORY, tmp_path, interrupt_after="TASK [Slow task]")
     assert rc == 99, text
     check_interrupt(text)
-    assert group_members(pid) == []  # ansible and its workers are all gone
+    assert group_left(pid) == []  # ansible and its workers are all gone (after they exit)
 
 
 @pytest.mark.ssh

@@ -57,6 +57,15 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
+def group_left(pgid: int, timeout: float = 5.0) -> list[int]:
+    """Members of the group still running after waiting up to `timeout` s for them to exit."""
+    import time
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return group_members(pgid)
+
+
 def ssh_inventory(path: Path, port: int, key_path: str, user: str, dead_port: int) -> Path:
     """Inventory with one host over the test sshd and one unreachable host."""
     common = (
