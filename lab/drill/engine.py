@@ -1,0 +1,748 @@
+"""One drill, chaostoolkit-shaped: steady state -> probes -> inject -> observe -> restore
+(always) -> observe recovery -> health check -> verdict, all written to the journal.
+
+Probes run as long-lived workers (`lab.drill.prober`) inside the namespace of
+the client each access path belongs to (the laptop for external and direct
+paths, the worker for its kubelet path); threads here collect their JSON lines.
+HAProxy backend states come from the stats socket, VIP holders from `ip addr`
+on the load balancers, lease holders and the etcd leader from prober workers.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..errors import HalabError
+from ..kubeconfig import default_context
+from . import expect, faults as faultlib, journal as jlib, verdict as verdictlib
+
+CLIENT = "client"
+MIN_AUTO_DURATION = 15.0
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGHUP during a drill: unwinds like Ctrl-C so the fault is restored."""
+
+
+@dataclass
+class Settings:
+    duration: float | None = None   # how long the fault stays injected (None: auto)
+    warmup: float = 2.0             # probes before the fault
+    probe_interval: float = 0.2     # per read path (5 probes/s)
+    probe_timeout: float = 1.0      # per probe; a dead server is a failure, not a hang
+    # what a read probe asks: a namespace GET is what clients do (a quorum read from
+    # etcd, so it fails without quorum); /readyz turns 500 the moment an API server
+    # starts a graceful shutdown, while it still serves requests
+    probe_path: str = "/api/v1/namespaces/default"
+    write_interval: float = 0.5
+    lease_interval: float = 1.0
+    recovery_timeout: float = 60.0  # after restore, until every path is OK again
+    stable: float = 2.0             # "recovered" = this long without a failed probe ...
+    settle: float = 8.0             # ... and at least this long after healing a partition:
+    #                                 the etcd member may force an election seconds later
+    steady_wait: float = 15.0       # how long the steady-state check may wait for health
+    after_wait: float = 90.0        # how long the health check after the restore may wait
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ProbeSpec:
+    key: str          # access path key, or "write", "leases", "etcd"
+    mode: str
+    node: str         # where it runs: "client" or a node name
+    argv: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ pure helpers
+
+def path_context(topo, path) -> str | None:
+    """The kubeconfig context a client-side path uses (None: the node's own kubeconfig)."""
+    if path.runs_on != "client":
+        return None
+    if path.key.startswith("direct:"):
+        return f"{topo.name}-{path.key.split(':', 1)[1]}"
+    return default_context(topo)
+
+
+def observer(topo, targets: list[str]) -> str:
+    """A control plane the fault does not touch: writes and leases are read through it."""
+    for cp in topo.control_planes:
+        if cp.name not in targets:
+            return cp.name
+    return topo.control_planes[0].name
+
+
+def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[ProbeSpec]:
+    base = [sys.executable, "-m", "lab.drill.prober"]
+    specs = []
+    for p in topo.access_paths():
+        if p.runs_on == "client":
+            kc, node = str(lab.kubeconfig), CLIENT
+        else:
+            kc, node = provider.layout(p.runs_on).p("kubeconfig"), p.runs_on
+        ctx = path_context(topo, p)
+        specs.append(ProbeSpec(p.key, "read", node, base + [
+            "--mode", "read", "--kubeconfig", kc, *(["--context", ctx] if ctx else []),
+            "--path", s.probe_path,
+            "--interval", str(s.probe_interval), "--timeout", str(s.probe_timeout)]))
+    obs = f"{topo.name}-{observer(topo, targets)}"
+    kc = str(lab.kubeconfig)
+    wt = max(s.probe_timeout, 2.0)
+    specs.append(ProbeSpec("write", "write", CLIENT, base + [
+        "--mode", "write", "--kubeconfig", kc, "--context", obs, "--label", label,
+        "--interval", str(s.write_interval), "--timeout", str(wt)]))
+    specs.append(ProbeSpec("leases", "lease", CLIENT, base + [
+        "--mode", "lease", "--kubeconfig", kc, "--context", obs,
+        "--interval", str(s.lease_interval), "--timeout", str(wt)]))
+    specs.append(ProbeSpec("canary", "canary", CLIENT, base + [
+        "--mode", "canary", "--interval", str(s.probe_interval),
+        "--timeout", str(s.probe_timeout)]))
+    pki = lab.path / "pki"
+    eps = ",".join(f"https://{m.ip}:2379" for m in topo.etcd_members)
+    specs.append(ProbeSpec("etcd", "etcd", CLIENT, base + [
+        "--mode", "etcd", "--etcd-endpoints", eps, "--ca", str(pki / "ca.crt"),
+        "--cert", str(pki / "apiserver-etcd-client.crt"),
+        "--key", str(pki / "apiserver-etcd-client.key"),
+        "--interval", str(s.lease_interval), "--timeout", str(s.probe_timeout)]))
+    return specs
+
+
+def holder_node(identity: str | None) -> str | None:
+    """`k8s-node3_6f0c...` -> `k8s-node3` (leader election ids are hostname_uuid)."""
+    if not identity:
+        return None
+    return identity.rsplit("_", 1)[0]
+
+
+def etcd_view(topo, rec: dict, known_ids: dict | None = None) -> dict:
+    """An etcd prober record -> {"leader": node|None, "down": [nodes]}.
+
+    `known_ids` (member id -> node) remembers members seen earlier, so a leader that
+    did not answer this round is still named.
+    """
+    by_ip = {str(m.ip): m.name for m in topo.etcd_members}
+    members = rec.get("members", {})
+    ids = known_ids if known_ids is not None else {}
+    ids.update({m.get("id"): by_ip.get(ip, ip) for ip, m in members.items() if m.get("ok")})
+    leaders = {m.get("leader") for m in members.values() if m.get("ok") and m.get("leader")
+               and m.get("leader") != "0"}
+    leader = None
+    if len(leaders) == 1:
+        leader = ids.get(next(iter(leaders)))
+    elif len(leaders) > 1:  # members disagree for a moment during an election
+        leader = None
+    down = sorted(by_ip.get(ip, ip) for ip, m in members.items() if not m.get("ok"))
+    return {"leader": leader, "down": down}
+
+
+# ------------------------------------------------------------------ collection
+
+class Collector:
+    """Starts the probe workers and pollers; keeps everything they report."""
+
+    def __init__(self, topo, provider, specs: list[ProbeSpec], echo=lambda m: None):
+        self.topo = topo
+        self.provider = provider
+        self.specs = specs
+        self.echo = echo
+        self.lock = threading.Lock()
+        self.probes: dict[str, list] = defaultdict(list)
+        self.leases: list = []      # [t, {lease: holder identity}] on change
+        self.etcd: list = []        # [t, leader, [down]] on change
+        self.haproxy: list = []     # [t, lb, server, status, check_status] on change
+        self.vip: list = []         # [t, [holders]] on change
+        self.etcd_ids: dict = {}
+        self.stderr: dict[str, list] = defaultdict(list)
+        self.procs: list = []
+        self.threads: list = []
+        self.stopping = threading.Event()
+
+    # --- probe workers
+    def start(self) -> None:
+        for spec in self.specs:
+            proc = self.provider.popen(spec.node, spec.argv, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                       text=True, bufsize=1)
+            self.procs.append((spec, proc))
+            self._thread(self._read, spec, proc)
+            self._thread(self._read_err, spec, proc)
+        for lb in self.topo.load_balancers:
+            self._thread(self._poll_haproxy, lb.name)
+        if len(self.topo.load_balancers) > 1:
+            self._thread(self._poll_vip)
+
+    def _thread(self, fn, *args) -> None:
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _read(self, spec: ProbeSpec, proc) -> None:
+        for line in proc.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            with self.lock:
+                if spec.mode in ("read", "write", "canary"):
+                    row = {"t": rec["t"], "ok": rec["ok"], "lat": rec.get("lat", 0.0)}
+                    if not rec["ok"]:
+                        row["err"] = rec.get("err", "?")
+                    if rec.get("lag", 0) >= 0.05:
+                        row["lag"] = rec["lag"]
+                    self.probes[spec.key].append(row)
+                elif spec.mode == "lease":
+                    self._lease(rec)
+                elif spec.mode == "etcd":
+                    self._etcd(rec)
+
+    def _read_err(self, spec: ProbeSpec, proc) -> None:
+        for line in proc.stderr:
+            if line.strip():
+                self.stderr[spec.key].append(line.rstrip()[:300])
+                del self.stderr[spec.key][:-20]
+
+    def _lease(self, rec: dict) -> None:
+        if not rec.get("ok"):
+            return
+        now = {k: v.get("holder") for k, v in rec.get("holders", {}).items()}
+        if not self.leases or self.leases[-1][1] != now:
+            self.leases.append([rec["t"], now])
+
+    def _etcd(self, rec: dict) -> None:
+        view = etcd_view(self.topo, rec, self.etcd_ids)
+        if view["leader"] is None and not rec.get("ok"):
+            view["leader"] = "?"  # nobody answered: unknown, not "no leader"
+        if not self.etcd or self.etcd[-1][1:] != [view["leader"], view["down"]]:
+            self.etcd.append([rec["t"], view["leader"], view["down"]])
+
+    # --- pollers
+    def _poll_haproxy(self, lb: str) -> None:
+        last: dict[str, tuple] = {}
+        while not self.stopping.is_set():
+            t = time.time()
+            try:
+                rows = self._haproxy_stat(lb)
+                now = {r["svname"]: (r.get("status", "?"), r.get("check_status", ""))
+                       for r in rows if r.get("pxname") == "k8s-api"
+                       and r.get("svname") not in ("FRONTEND", "BACKEND")}
+            except (OSError, ValueError) as exc:
+                # no HAProxy to ask: every server it had is unreachable through it
+                now = {srv: ("no HAProxy", type(exc).__name__) for srv in last} or \
+                    {"*": ("no HAProxy", type(exc).__name__)}
+            for server, (status, check) in now.items():
+                if last.get(server, (None,))[0] != status:
+                    with self.lock:
+                        self.haproxy.append([round(t, 3), lb, server, status, check])
+            last = now
+            self.stopping.wait(0.25)
+
+    def _haproxy_stat(self, lb: str) -> list[dict]:
+        import inspect
+        fn = self.provider.haproxy_stat
+        if "timeout" in inspect.signature(fn).parameters:
+            return fn(lb, timeout=0.5)   # a frozen HAProxy must not stall the poller
+        return fn(lb)
+
+    def _poll_vip(self) -> None:
+        vip = str(self.topo.lb_address)
+        last = None
+        while not self.stopping.is_set():
+            t = time.time()
+            holders = []
+            for lb in self.topo.load_balancers:
+                cp = self.provider.run(lb.name, ["ip", "-o", "-4", "addr", "show"], timeout=5)
+                if f" {vip}/" in cp.stdout:
+                    holders.append(lb.name)
+            if holders != last:
+                with self.lock:
+                    self.vip.append([round(t, 3), holders])
+                last = holders
+            self.stopping.wait(0.25)
+
+    # --- queries
+    def since(self, key: str, t0: float) -> list:
+        with self.lock:
+            return [r for r in self.probes.get(key, []) if r["t"] >= t0]
+
+    def dead_workers(self) -> list[str]:
+        return [f"{spec.key}: exited {proc.returncode}: "
+                + (self.stderr[spec.key][-1] if self.stderr[spec.key] else "no output")
+                for spec, proc in self.procs if proc.poll() is not None]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 3
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=2)
+        for t in self.threads:
+            t.join(timeout=2)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"probes": {k: list(v) for k, v in self.probes.items()},
+                    "leases": list(self.leases), "etcd": list(self.etcd),
+                    "haproxy": list(self.haproxy), "vip": list(self.vip)}
+
+
+# ------------------------------------------------------------------ the lab's state
+
+def vip_holders(topo, provider) -> list[str]:
+    if len(topo.load_balancers) < 2:
+        return []
+    vip = str(topo.lb_address)
+    return [lb.name for lb in topo.load_balancers
+            if f" {vip}/" in provider.run(lb.name, ["ip", "-o", "-4", "addr", "show"],
+                                          timeout=10).stdout]
+
+
+def one_shot_etcd(lab, topo, provider) -> dict:
+    specs = probe_plan(lab, topo, provider, [], Settings(), "steady")
+    spec = next(s for s in specs if s.key == "etcd")
+    cp = provider.run(spec.node, spec.argv + ["--count", "1"], timeout=20)
+    for line in cp.stdout.splitlines():
+        try:
+            return etcd_view(topo, json.loads(line))
+        except (ValueError, KeyError):
+            continue
+    return {"leader": None, "down": []}
+
+
+def steady_state(lab, topo, provider, wait: float = 0.0, echo=lambda m: None) -> dict:
+    """The hypothesis: nothing injected, and every check of `halab verify` passes."""
+    from ..verify import run_checks
+    injected = lab.state().get("faults") or {}
+    if injected:
+        return {"ok": False, "checks": [], "problems": [
+            "faults are still injected: " + ", ".join(f"{k}={v}" for k, v in injected.items())
+            + " (undo them with `halab drill restore`)"]}
+    deadline = time.monotonic() + wait
+    while True:
+        checks = run_checks(lab, topo, provider, write=True)
+        if len(topo.load_balancers) > 1:
+            # with every LB healthy the highest keepalived priority (the first LB) holds it;
+            # anywhere else, it is about to move back (preemption) in the middle of a drill
+            home = topo.load_balancers[0].name
+            holders = vip_holders(topo, provider)
+            checks.append(_Check("VIP holder", str(topo.lb_address), holders == [home],
+                                 ", ".join(holders) or "nobody",
+                                 "" if holders == [home] else
+                                 f"keepalived has not settled (it moves the VIP to {home})"))
+        bad = [c for c in checks if not c.ok]
+        if not bad or time.monotonic() >= deadline:
+            break
+        echo(f"steady state: waiting for {', '.join(c.target for c in bad)}")
+        time.sleep(2)
+    problems = [f"{c.name} {c.target}: {c.detail}" + (f" ({c.advice})" if c.advice else "")
+                for c in bad]
+    return {"ok": not bad, "problems": problems,
+            "checks": [{"name": c.name, "target": c.target, "ok": c.ok, "detail": c.detail}
+                       for c in checks]}
+
+
+@dataclass(frozen=True)
+class _Check:
+    name: str
+    target: str
+    ok: bool
+    detail: str
+    advice: str = ""
+
+
+def lease_holders_from(checks: list[dict]) -> dict:
+    return {c["target"]: holder_node(c["detail"]) for c in checks
+            if c["name"] == "lease holder" and c["ok"]}
+
+
+# ------------------------------------------------------------------ the drill
+
+@contextmanager
+def drill_lock(lab):
+    """One drill at a time per lab; the kernel drops the lock when halab dies."""
+    d = jlib.drills_dir(lab)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / ".lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        who = f.read().strip() or "?"
+        f.close()
+        raise HalabError(f"another drill is running on lab {lab.name} (halab pid {who})",
+                         code=2, hint="wait for it; it restores its fault when it ends") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def drill_running(lab) -> str | None:
+    """The pid of a running drill on this lab, if any."""
+    path = jlib.drills_dir(lab) / ".lock"
+    if not path.exists():
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            return f.read().strip() or "?"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+class Drill:
+    def __init__(self, lab, scenario, topo, provider, fault: str, targets: list[str],
+                 settings: Settings | None = None, allow_quorum_loss: bool = False,
+                 echo=print, live: bool = True, runbook: str | None = None):
+        self.lab, self.scenario, self.topo, self.provider = lab, scenario, topo, provider
+        self.fault = faultlib.fault(fault).name
+        self.requested = list(targets)
+        self.s = settings or Settings()
+        self.allow_quorum_loss = allow_quorum_loss
+        self.echo = echo
+        self.live = live
+        self.runbook = runbook
+        self.journal: dict = {}
+        self.collector: Collector | None = None
+        self._deferred: list[int] = []
+
+    # --- small helpers
+    def say(self, msg: str) -> None:
+        self.echo(f"  {time.strftime('%H:%M:%S')} {msg}")
+
+    def mark(self, name: str) -> float:
+        t = time.time()
+        self.journal["times"][name] = round(t, 3)
+        return t
+
+    def save(self) -> None:
+        if self.collector is not None:
+            self.journal.update(self.collector.snapshot())
+        jlib.save(self.lab, self.journal)
+
+    # --- preconditions (pure checks first, then the lab)
+    def prepare(self) -> None:
+        topo = self.topo
+        if not hasattr(self.provider, "popen"):
+            raise HalabError(f"drills need long-running probe workers on the lab's nodes, which "
+                             f"the {getattr(self.provider, 'name', '?')} provider cannot start "
+                             "yet", code=2, hint="run drills on a `--provider local` lab; VM "
+                             "labs have the fault primitives but no prober transport yet")
+        holders = vip_holders(topo, self.provider) if self.fault == "stop-lb" else []
+        self.targets = faultlib.resolve_targets(topo, self.fault, self.requested,
+                                                holders[0] if len(holders) == 1 else None)
+        injected = self.lab.state().get("faults") or {}
+        why = faultlib.refusals(topo, self.fault, self.targets, injected)
+        quorum_only = all(("etcd needs" in w or "last API server" in w) for w in why)
+        if why and (not quorum_only or not self.allow_quorum_loss):
+            raise HalabError(f"refusing {self.fault} {' '.join(self.targets)}: " + "; ".join(why),
+                             code=2, hint="add --allow-quorum-loss to do it anyway (the drill "
+                             "restores it at the end)" if quorum_only else
+                             "`halab drill restore` first")
+        self.quorum_loss = bool(why)
+
+    def run(self) -> dict:
+        with drill_lock(self.lab):
+            return self._run()
+
+    def _run(self) -> dict:
+        self.prepare()
+        t0 = time.time()
+        drill_id = jlib.new_id(self.fault, self.targets, t0)
+        s = self.s
+        self.journal = {
+            "version": jlib.VERSION, "id": drill_id, "lab": self.lab.name,
+            "scenario": self.scenario.name, "scenario_file": self.scenario.source,
+            "case": self.topo.case, "provider": self.scenario.provider,
+            "fault": self.fault, "targets": self.targets,
+            "fault_summary": faultlib.FAULTS[self.fault].summary,
+            "restore_summary": faultlib.FAULTS[self.fault].restore,
+            "runbook": self.runbook, "settings": s.as_dict(),
+            "timing": expect.timing(self.scenario), "status": "starting",
+            "times": {"started": round(t0, 3)}, "errors": [], "quorum_loss": self.quorum_loss,
+            "paths": [dict(p.__dict__) for p in self.topo.access_paths()],
+            "halab_pid": os.getpid(),
+        }
+        self.say(f"drill {drill_id}: {self.fault} {' '.join(self.targets)} "
+                 f"(lab {self.lab.name}, Case {self.topo.case})")
+        self.say("steady state: every access path, HAProxy backends, leases, a write")
+        steady = steady_state(self.lab, self.topo, self.provider, s.steady_wait, self.say)
+        self.journal["steady_state"] = steady
+        if not steady["ok"]:
+            raise HalabError("the lab is not healthy, so a drill would measure nothing useful: "
+                             + "; ".join(steady["problems"]), code=3,
+                             hint="`halab verify` shows details; `halab drill restore` undoes "
+                                  "injected faults")
+        etcd = one_shot_etcd(self.lab, self.topo, self.provider)
+        holders = vip_holders(self.topo, self.provider)
+        ctx = expect.Context(etcd_leader=etcd["leader"],
+                             vip_holder=holders[0] if len(holders) == 1 else None,
+                             lease_holders=lease_holders_from(steady["checks"]),
+                             observer=observer(self.topo, self.targets))
+        self.journal["context"] = ctx.as_dict()
+        exps = expect.expectations(self.topo, self.fault, self.targets, ctx)
+        self.journal["expectations"] = {k: e.as_dict() for k, e in exps.items()}
+        longest = max((e.within or 0 for e in exps.values()), default=0)
+        if self.s.duration is None:
+            # long enough to see the slowest expected blip end, and some calm after it
+            self.s.duration = float(max(MIN_AUTO_DURATION, round(longest + 6)))
+        elif longest and self.s.duration < longest + 3:
+            self.say(f"note: --duration {self.s.duration:g} s is shorter than the slowest "
+                     f"expected failover ({longest:g} s) + 3 s: a blip may look like "
+                     "degraded/down")
+        self.journal["settings"] = self.s.as_dict()
+        for k, e in exps.items():
+            self.say(f"expect {k}: {e.expect}" + (f" (errors stop within {e.within:g} s)"
+                                                  if e.within else ""))
+        self.journal["status"] = "running"
+        self.save()
+        return self._run_probed(drill_id)
+
+    def _run_probed(self, drill_id: str) -> dict:
+        s = self.s
+        specs = probe_plan(self.lab, self.topo, self.provider, self.targets, s, drill_id)
+        self.collector = Collector(self.topo, self.provider, specs, self.say)
+        old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        recorded = False
+        status = "completed"
+        try:
+            self.collector.start()
+            self.mark("probes_started")
+            self.say(f"probing {len(specs)} things, {1 / s.probe_interval:g}/s per access path; "
+                     f"warm-up {s.warmup:g} s")
+            self._wait_probes_ready(timeout=45)
+            self.mark("warmup_start")
+            self._sleep(s.warmup, live=False)
+            self._check_warmup()
+            self.mark("inject_start")
+            recorded = True   # from here on, a signal must lead to a restore
+            faultlib.record(self.lab, self.fault, self.targets, drill_id)
+            self.lab.event("drill:inject", drill=drill_id, fault=self.fault, targets=self.targets)
+            for t in self.targets:
+                faultlib.inject(self.provider, self.fault, t)
+            self.mark("injected")
+            self.say(f"injected {self.fault} on {', '.join(self.targets)}; observing "
+                     f"{s.duration:g} s")
+            self.save()
+            self._sleep(s.duration)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            status = "interrupted"
+            self.journal["errors"].append(f"interrupted ({type(exc).__name__}) during the drill")
+            self.say("interrupted: restoring the lab first")
+        except Exception as exc:  # noqa: BLE001 - restore first, report after
+            status = "failed"
+            self.journal["errors"].append(f"{type(exc).__name__}: {exc}")
+            self.say(f"error: {exc}; restoring the lab first")
+        finally:
+            if recorded:
+                self._restore()
+        if self._deferred:
+            status = "interrupted"
+            self.journal["errors"].append("interrupted while restoring (restore finished)")
+        try:
+            if recorded and status == "completed":
+                self._observe_recovery()
+        except (KeyboardInterrupt, Interrupted):
+            status = "interrupted"
+            self.journal["errors"].append("interrupted while observing recovery")
+        finally:
+            self.collector.stop()
+            self._cleanup_writes(drill_id)
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        self.journal["status"] = status
+        self.mark("probes_stopped")
+        if status != "interrupted":
+            self.say("health after restore (`halab verify` checks)")
+            t_after = time.time()
+            after = steady_state(self.lab, self.topo, self.provider, s.after_wait, self.say)
+            after["seconds"] = round(time.time() - t_after, 1)
+            self.journal["after"] = after
+        self.mark("finished")
+        self.journal.update(self.collector.snapshot())
+        self.journal["verdict"] = verdictlib.judge(self.journal)
+        self.save()
+        if status == "interrupted":
+            raise KeyboardInterrupt
+        return self.journal
+
+    # --- phases
+    def _on_signal(self, signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    def _defer(self, signum, frame):
+        self._deferred.append(signum)
+        self.echo("  (restoring the lab first; halab exits when it is done)")
+
+    def _restore(self) -> None:
+        """Undo the fault; SIGINT/SIGTERM wait until it is done."""
+        saved = {sig: signal.signal(sig, self._defer)
+                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            self.mark("restore_start")
+            recorded = self.lab.state().get("faults") or {}
+            done = faultlib.restore_all(self.lab, self.topo, self.provider,
+                                        [t for t in self.targets if t in recorded],
+                                        progress=self.say) \
+                if any(t in recorded for t in self.targets) else []
+            self.mark("restored")
+            self.say(f"restored: {', '.join(f'{f} {n}' for n, f in done) or 'nothing'}")
+        except Exception as exc:  # noqa: BLE001
+            self.journal["errors"].append(f"restore failed: {exc}")
+            self.say(f"RESTORE FAILED: {exc}; run `halab drill restore`")
+        finally:
+            self.save()
+            for sig, h in saved.items():
+                signal.signal(sig, h)
+
+    def _wait_probes_ready(self, timeout: float) -> None:
+        """Python workers take a moment to start (seconds on a busy 2-core host)."""
+        keys = [sp.key for sp in self.collector.specs if sp.mode in ("read", "write")]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = self.collector.dead_workers()
+            if dead:
+                raise HalabError("probe workers died: " + "; ".join(dead))
+            if all(any(r["ok"] for r in self.collector.since(k, 0)) for k in keys):
+                return
+            time.sleep(0.2)
+        missing = [k for k in keys if not any(r["ok"] for r in self.collector.since(k, 0))]
+        raise HalabError(f"no successful probe within {timeout:g} s on: {', '.join(missing)}")
+
+    def _check_warmup(self) -> None:
+        t0 = self.journal["times"]["warmup_start"]
+        dead = self.collector.dead_workers()
+        if dead:
+            raise HalabError("probe workers died: " + "; ".join(dead))
+        bad = []
+        for spec in self.collector.specs:
+            if spec.mode not in ("read", "write"):
+                continue
+            recs = self.collector.since(spec.key, t0)
+            if not recs or not recs[-1]["ok"]:
+                why = recs[-1].get("err", "?") if recs else "no probe answered yet"
+                bad.append(f"{spec.key} ({why})")
+        if bad:
+            raise HalabError("steady state deviated during the warm-up, no fault injected: "
+                             + ", ".join(bad))
+
+    def _sleep(self, seconds: float, live: bool = True) -> None:
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(1.0, left))
+            if live and self.live:
+                self._live_line()
+
+    def _live_line(self) -> None:
+        t_inj = self.journal["times"].get("inject_start") or self.journal["times"]["probes_started"]
+        now = time.time()
+        parts = []
+        for spec in self.collector.specs:
+            if spec.mode not in ("read", "write"):
+                continue
+            recs = [r for r in self.collector.since(spec.key, now - 1.0 - self.s.probe_timeout)
+                    if r["t"] < now - self.s.probe_timeout]
+            fails = sum(1 for r in recs if not r["ok"])
+            short = spec.key.replace("direct:", "").replace("worker:", "w:")
+            mark = "ok" if recs and not fails else ("--" if not recs else
+                                                    f"{fails}/{len(recs)}FAIL")
+            parts.append(f"{short} {mark}")
+        self.echo(f"    +{now - t_inj:4.1f}s " + " | ".join(parts))
+
+    def _observe_recovery(self) -> None:
+        s = self.s
+        t_restored = self.journal["times"].get("restored") or time.time()
+        self.say(f"observing recovery (every path OK for {s.stable:g} s and etcd with a leader; "
+                 f"at most {s.recovery_timeout:g} s)")
+        deadline = time.monotonic() + s.recovery_timeout
+        keys = [sp.key for sp in self.collector.specs if sp.mode in ("read", "write")]
+        while time.monotonic() < deadline:
+            self._sleep(1.0)
+            now = time.time()
+            ok = True
+            last_fail = t_restored
+            for k in keys:
+                recs = self.collector.since(k, t_restored)
+                fails = [r["t"] + r["lat"] for r in recs if not r["ok"]]
+                done = [r for r in recs if r["t"] + r["lat"] <= now]
+                if fails:
+                    last_fail = max(last_fail, max(fails))
+                recent = [r for r in done if r["t"] >= now - s.stable - s.probe_timeout]
+                if not recent or any(not r["ok"] for r in recent) or \
+                        (fails and now - max(fails) < s.stable):
+                    ok = False
+            vip = self._vip_settled(now)
+            settle = s.settle if self.fault == "partition" else min(s.settle, 3.0)
+            if now - t_restored < settle or not self._etcd_settled():
+                ok = False
+            if ok and vip:
+                self.journal["times"]["recovered"] = round(max(last_fail, vip), 3)
+                self.say(f"recovered: every path OK since +{last_fail - t_restored:.1f} s "
+                         "after restore" + (f", VIP settled on {self.topo_vip_home()} "
+                                            f"+{vip - t_restored:.1f} s" if vip is not True
+                                            and vip > t_restored else ""))
+                return
+        self.journal["errors"].append(f"not every path recovered within {s.recovery_timeout:g} s"
+                                      + ("" if self._vip_settled(time.time()) else
+                                         f" (the VIP is not back on {self.topo_vip_home()})"))
+        self.say(f"NOT recovered within {s.recovery_timeout:g} s")
+
+    def _etcd_settled(self) -> bool:
+        """Every member answered the last round and agrees on a leader."""
+        with self.collector.lock:
+            last = self.collector.etcd[-1] if self.collector.etcd else None
+        return last is not None and last[1] not in (None, "?") and not last[2]
+
+    def topo_vip_home(self) -> str | None:
+        return (self.journal.get("context") or {}).get("vip_holder")
+
+    def _vip_settled(self, now: float):
+        """HA pair: keepalived moves the VIP back to the higher priority LB a few seconds
+        after its restore (no `nopreempt`), a second, later failover. Recovery waits for it:
+        True (no VIP), or the time it settled; False while it has not."""
+        if len(self.topo.load_balancers) < 2:
+            return True
+        with self.collector.lock:
+            changes = list(self.collector.vip)
+        if not changes:
+            return False
+        t, holders = changes[-1]
+        home = self.topo_vip_home()
+        if holders != ([home] if home else holders[:1]) or len(holders) != 1:
+            return False
+        return t if now - t >= self.s.stable else False
+
+    def _cleanup_writes(self, drill_id: str) -> None:
+        """Delete ConfigMaps a write probe created but could not delete (during the fault)."""
+        spec = next(sp for sp in self.collector.specs if sp.key == "write")
+        argv = [a for a in spec.argv]
+        i = argv.index("--mode")
+        argv[i + 1] = "cleanup"
+        self.provider.run(spec.node, argv, timeout=15)

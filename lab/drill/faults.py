@@ -1,0 +1,233 @@
+"""The faults a drill can inject, which nodes they fit, when to refuse, how to undo them.
+
+Pure parts (`FAULTS`, `resolve_targets`, `refusals`) decide; `inject`/`restore`
+act through the provider's drill primitives (power_off/power_on, stop_service,
+start, freeze/thaw, partition/heal), so the same code drives namespaces and VMs.
+
+Every fault is written to the lab state BEFORE it is injected
+(`faults: {node: fault}` plus `fault_details`), and removed only after it was
+restored: `halab drill restore` can always undo what a killed halab left behind.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from ..errors import HalabError
+from ..topology import Topology
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    summary: str          # what it does, in the lab's words
+    restore: str          # how it is undone
+    roles: tuple          # node roles it applies to
+    service: str | None = None   # the service it stops (stop-* faults)
+
+
+FAULTS = {f.name: f for f in (
+    Fault("kill", "power the node off: every process SIGKILLed, the cable pulled "
+          "(packets vanish, no RST, clients wait for their timeouts)",
+          "power it on again and start its services (etcd and kube-apiserver first)",
+          ("control_plane", "worker", "admin_lb", "etcd")),
+    Fault("stop-apiserver", "stop kube-apiserver gracefully (like moving its static-pod "
+          "manifest away): the port closes, connections are refused",
+          "start kube-apiserver again", ("control_plane",), "kube-apiserver"),
+    Fault("freeze", "SIGSTOP every process of the node: the kernel still accepts TCP "
+          "connections, nothing ever answers", "SIGCONT (thaw)",
+          ("control_plane", "worker", "admin_lb", "etcd")),
+    Fault("stop-etcd", "stop the node's etcd member gracefully",
+          "start the etcd member again", ("control_plane", "etcd"), "etcd"),
+    Fault("stop-lb", "stop HAProxy on a load balancer (default: the one holding the VIP)",
+          "start HAProxy again", ("admin_lb",), "haproxy"),
+    Fault("partition", "cut the node's network link: its processes run on, nobody reaches "
+          "them (packets dropped)", "plug the link back in (heal)",
+          ("control_plane", "worker", "admin_lb", "etcd")),
+)}
+
+# what a fault takes away from its node
+APISERVER_LOST = {"kill", "freeze", "partition", "stop-apiserver"}
+ETCD_LOST = {"kill", "freeze", "partition", "stop-etcd"}
+LB_LOST = {"kill", "freeze", "partition", "stop-lb"}
+
+
+def fault(name: str) -> Fault:
+    try:
+        return FAULTS[name]
+    except KeyError:
+        raise HalabError(f"unknown fault {name!r}", code=2,
+                         hint=f"choose one of: {', '.join(FAULTS)}") from None
+
+
+def resolve_targets(topo: Topology, name: str, targets: list[str],
+                    vip_holder: str | None = None) -> list[str]:
+    """Check the targets against the fault (and default stop-lb's target); returns node names."""
+    f = fault(name)
+    if name == "stop-lb" and not topo.load_balancers:
+        raise HalabError(
+            f"stop-lb: lab {topo.name} is Case {topo.case} and has no load balancer "
+            f"(admin-lb runs no HAProxy here: external kubectl talks to "
+            f"{topo.control_planes[0].name} directly, workers use their local proxy)",
+            code=2, hint="try `halab drill kill k8s-node1` or `halab drill stop-apiserver "
+                 f"{topo.control_planes[0].name}`, or a Case 2/3 scenario for stop-lb")
+    if not targets:
+        if name != "stop-lb":
+            raise HalabError(f"{name} needs a TARGET node", code=2,
+                             hint=f"e.g. `halab drill {name} {_example(topo, f)}`")
+        if len(topo.load_balancers) > 1:
+            if vip_holder is None:
+                raise HalabError("stop-lb: no load balancer holds the VIP "
+                                 f"{topo.lb_address} right now", code=2,
+                                 hint="name one: `halab drill stop-lb admin-lb1`; "
+                                      "is keepalived running? (`halab status`)")
+            targets = [vip_holder]
+        else:
+            targets = [topo.load_balancers[0].name]
+    known = {n.name: n for n in topo.nodes}
+    out = []
+    for t in targets:
+        if t not in known:
+            import difflib
+            close = difflib.get_close_matches(t, sorted(known), n=1)
+            raise HalabError(f"{name}: no node {t!r} in lab {topo.name}", code=2,
+                             hint=(f"did you mean {close[0]}? " if close else "")
+                             + f"nodes: {', '.join(known)}")
+        node = known[t]
+        role = node.role
+        if name == "stop-lb" and node not in topo.load_balancers:
+            raise HalabError(f"stop-lb: {t} runs no HAProxy", code=2,
+                             hint="load balancers: "
+                             + ", ".join(n.name for n in topo.load_balancers))
+        if role not in f.roles or (name == "stop-etcd" and node not in topo.etcd_members):
+            fits = [n.name for n in topo.nodes if n.role in f.roles
+                    and (name != "stop-etcd" or n in topo.etcd_members)]
+            raise HalabError(f"{name}: {t} is a {role.replace('_', ' ')} node and runs no "
+                             f"{f.service or 'such service'}", code=2,
+                             hint=f"{name} fits: {', '.join(fits)}")
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def _example(topo: Topology, f: Fault) -> str:
+    for n in topo.nodes:
+        if n.role in f.roles:
+            return n.name
+    return topo.nodes[0].name
+
+
+def lost(topo: Topology, faults: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(etcd members, API servers) out of service under `faults` ({node: fault})."""
+    etcd = [m.name for m in topo.etcd_members if faults.get(m.name) in ETCD_LOST]
+    api = [c.name for c in topo.control_planes if faults.get(c.name) in APISERVER_LOST]
+    return etcd, api
+
+
+def refusals(topo: Topology, name: str, targets: list[str], injected: dict[str, str]) -> list[str]:
+    """Why this fault would take the whole API away (quorum, last API server); [] if it won't."""
+    why = []
+    for t in targets:
+        if t in injected:
+            why.append(f"{t} already has fault {injected[t]!r} injected; restore it first "
+                       "(`halab drill restore`)")
+    after = {**injected, **{t: name for t in targets}}
+    etcd_down, api_down = lost(topo, after)
+    n = len(topo.etcd_members)
+    quorum = n // 2 + 1
+    if n and n - len(etcd_down) < quorum:
+        why.append(f"this leaves {n - len(etcd_down)} of {n} etcd members "
+                   f"({', '.join(etcd_down)} out): etcd needs {quorum} (a majority) to elect a "
+                   "leader and accept writes, so every API server fails /readyz and every "
+                   "write until you restore; the cluster's state is safe but frozen")
+    if topo.control_planes and len(api_down) == len(topo.control_planes):
+        why.append(f"this stops the last API server ({', '.join(api_down)}): every access path "
+                   "loses the Kubernetes API, kubelets and controllers cannot report or act")
+    return why
+
+
+# ------------------------------------------------------------------ side effects
+
+def record(lab, name: str, targets: list[str], drill_id: str | None) -> None:
+    """Write the faults into the lab state before injecting them."""
+    state = lab.state()
+    faults = dict(state.get("faults") or {})
+    details = dict(state.get("fault_details") or {})
+    for t in targets:
+        faults[t] = name
+        details[t] = {"fault": name, "since": time.time(), "drill": drill_id,
+                      "halab_pid": os.getpid(), "service": FAULTS[name].service}
+    lab.update(faults=faults, fault_details=details)
+
+
+def forget(lab, node: str) -> None:
+    state = lab.state()
+    faults = dict(state.get("faults") or {})
+    details = dict(state.get("fault_details") or {})
+    faults.pop(node, None)
+    details.pop(node, None)
+    lab.update(faults=faults, fault_details=details)
+
+
+def inject(provider, name: str, node: str) -> None:
+    if name == "kill":
+        provider.power_off(node)
+    elif name == "freeze":
+        provider.freeze(node)
+    elif name == "partition":
+        provider.partition(node)
+    else:
+        provider.stop_service(node, FAULTS[name].service)
+
+
+def restore(provider, specs, name: str, node: str) -> None:
+    """Undo one fault; idempotent (also for a fault that was recorded but never injected)."""
+    if name == "kill":
+        # the plan lists etcd and kube-apiserver first: they start first
+        provider.power_on(node, specs)
+    elif name == "freeze":
+        provider.thaw(node)
+    elif name == "partition":
+        provider.heal(node)
+    else:
+        service = FAULTS[name].service
+        wanted = [s for s in specs if s.node == node and s.name == service]
+        if not wanted:
+            raise HalabError(f"cannot restore {name} on {node}: the lab's plan has no "
+                             f"{service} there")
+        provider.start(wanted)
+
+
+def lab_specs(lab, topo, provider) -> list:
+    """The lab's service plan (what power_on and the stop-* restores start again)."""
+    from ..deploy_static import load_or_create_pki
+    from ..render import LabSecrets
+    return provider.plan(load_or_create_pki(lab, topo), LabSecrets.load(lab.path / "keys"))
+
+
+def restore_all(lab, topo, provider, nodes: list[str] | None = None,
+                progress=lambda m: None) -> list[tuple[str, str]]:
+    """Restore the recorded faults (all, or those of `nodes`); returns (node, fault) restored."""
+    state = lab.state()
+    faults = dict(state.get("faults") or {})
+    if nodes:
+        unknown = [n for n in nodes if n not in faults]
+        if unknown:
+            raise HalabError(f"no fault is recorded on {', '.join(unknown)}",
+                             hint="injected now: " + (", ".join(f"{k}={v}" for k, v in
+                                                              faults.items()) or "nothing"))
+        faults = {n: faults[n] for n in nodes}
+    if not faults:
+        return []
+    specs = lab_specs(lab, topo, provider)
+    done = []
+    # thaw/heal before power-on: a restored etcd member wants its peers reachable
+    order = sorted(faults.items(), key=lambda kv: kv[1] == "kill")
+    for node, name in order:
+        progress(f"restore {name} on {node}: {FAULTS[name].restore if name in FAULTS else '?'}")
+        restore(provider, specs, name, node)
+        forget(lab, node)
+        lab.event("drill:restore", node=node, fault=name)
+        done.append((node, name))
+    return done

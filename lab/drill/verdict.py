@@ -1,0 +1,239 @@
+"""Pure: what the probes measured on each path, and whether it matches the expectation.
+
+Works on a journal dict only (probes, times, expectations), so it is tested on
+synthetic journals and a report can be re-judged later.
+"""
+from __future__ import annotations
+
+from .expect import SEVERITY
+
+ISOLATED_TOLERATED = 1   # `up` tolerates one isolated failed probe (a scheduling hiccup)
+
+
+def _window(journal: dict) -> tuple[float | None, float | None]:
+    t = journal.get("times", {})
+    # from the moment injection began: a power-off pulls the cable first, then kills
+    start = t.get("inject_start") or t.get("injected")
+    end = t.get("restore_start") or t.get("probes_stopped")
+    return start, end
+
+
+def streaks(probes: list[dict]) -> list[tuple[float, float, int]]:
+    """Runs of consecutive failed probes: (first start, last end, count)."""
+    out, cur = [], None
+    for p in sorted(probes, key=lambda r: r["t"]):
+        if not p["ok"]:
+            end = p["t"] + p.get("lat", 0.0)
+            cur = [p["t"], end, 1] if cur is None else [cur[0], max(cur[1], end), cur[2] + 1]
+        elif cur is not None:
+            out.append(tuple(cur))
+            cur = None
+    if cur is not None:
+        out.append(tuple(cur))
+    return out
+
+
+STALL = 0.25   # the canary (a loopback server) this late or slow: the host is starved
+
+
+def host_stalls(canary: list[dict], threshold: float = STALL) -> list[tuple[float, float]]:
+    """Intervals in which the canary probe, which needs nothing from the lab, was late/slow."""
+    out: list[list[float]] = []
+    for p in sorted(canary, key=lambda r: r["t"]):
+        lag, lat = p.get("lag", 0.0), p.get("lat", 0.0)
+        if not p["ok"] or lag > threshold or lat > threshold:
+            a, b = p["t"] - lag, p["t"] + lat
+            if out and a <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], b)
+            else:
+                out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def excused(p: dict, stalls: list[tuple[float, float]], slack: float = 0.1) -> bool:
+    """A timeout that overlaps a host stall says nothing about the lab."""
+    if p["ok"] or p.get("err") != "timeout":
+        return False
+    a, b = p["t"] - slack, p["t"] + p.get("lat", 0.0) + slack
+    return any(a < sb and sa < b for sa, sb in stalls)
+
+
+def in_window(p: dict, start: float, end: float) -> bool:
+    """Probes that ended after the fault began and started before the restore."""
+    return p["t"] + p.get("lat", 0.0) >= start and p["t"] < end
+
+
+def classify(probes: list[dict], start: float, end: float, probe_interval: float = 0.2,
+             stalls: list[tuple[float, float]] = ()) -> dict:
+    """Measure one path over the fault window [start, end)."""
+    inside = sorted((p for p in probes if in_window(p, start, end)), key=lambda r: r["t"])
+    n_excused = sum(1 for p in inside if excused(p, stalls))
+    inside = [p for p in inside if not excused(p, stalls)]
+    fails = [p for p in inside if not p["ok"]]
+    res = {"probes": len(inside), "failures": len(fails), "excused": n_excused,
+           "first_failure": None,
+           "last_failure": None, "error_window": 0.0, "errors_stop_after": None,
+           "longest_streak": 0.0, "max_latency": max((p.get("lat", 0) for p in inside),
+                                                       default=0.0)}
+    if not inside:
+        res["measured"] = "unknown"
+        res["why"] = "no probe results inside the fault window"
+        return res
+    runs = streaks(inside)
+    res["longest_streak"] = round(max((r[1] - r[0] for r in runs), default=0.0), 2)
+    if not fails:
+        res["measured"] = "up"
+        res["why"] = f"all {len(inside)} probes OK"
+        return _note_excused(res)
+    first, last = fails[0], fails[-1]
+    res["first_failure"] = round(first["t"] - start, 2)
+    res["last_failure"] = round(last["t"] - start, 2)
+    res["error_window"] = round(last["t"] + last.get("lat", 0) - first["t"], 2)
+    res["errors_stop_after"] = round(last["t"] - start, 2)
+    errors = {}
+    for p in fails:
+        errors[p.get("err", "?")] = errors.get(p.get("err", "?"), 0) + 1
+    res["errors"] = dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5])
+    if len(fails) <= ISOLATED_TOLERATED and all(r[2] == 1 for r in runs):
+        res["measured"] = "up"
+        res["why"] = f"{len(fails)} isolated failure of {len(inside)} probes (tolerated)"
+        return _note_excused(res)
+    after_first = [p for p in inside if p["t"] >= first["t"]]
+    fail_share = sum(1 for p in after_first if not p["ok"]) / len(after_first)
+    duration = end - start
+    tail = min(3.0, 0.25 * duration)
+    ended_ok = all(p["ok"] for p in inside if p["t"] >= end - tail) and \
+        any(p["t"] >= end - tail for p in inside)
+    if ended_ok:
+        res["measured"] = "blip"
+        res["why"] = (f"{len(fails)} of {len(inside)} probes failed between "
+                      f"+{res['first_failure']:g} s and +{res['last_failure']:g} s, then all OK")
+    elif fail_share >= 0.9:
+        res["measured"] = "down"
+        res["why"] = (f"{len(fails)} of {len(inside)} probes failed, from "
+                      f"+{res['first_failure']:g} s to the restore")
+    else:
+        res["measured"] = "degraded"
+        res["why"] = (f"{len(fails)} of {len(inside)} probes failed, spread over the fault "
+                      f"(+{res['first_failure']:g} s .. +{res['last_failure']:g} s), "
+                      f"{100 * (1 - fail_share):.0f} % OK")
+    return _note_excused(res)
+
+
+def _note_excused(res: dict) -> dict:
+    if res.get("excused"):
+        res["why"] += (f"; {res['excused']} timeout(s) during host stalls not counted (the "
+                       "canary, which needs nothing from the lab, was slow too)")
+    return res
+
+
+def recovery(probes: list[dict], restored: float | None) -> dict:
+    """After the restore: failures, and when the path became (and stayed) OK."""
+    if restored is None:
+        return {"failures": 0, "recovered_after": None}
+    after = sorted((p for p in probes if p["t"] >= restored), key=lambda r: r["t"])
+    fails = [p for p in after if not p["ok"]]
+    if not after:
+        return {"failures": 0, "recovered_after": None}
+    if not fails:
+        return {"failures": 0, "recovered_after": 0.0}
+    last = fails[-1]
+    later_ok = [p for p in after if p["t"] > last["t"] and p["ok"]]
+    return {"failures": len(fails),
+            "recovered_after": round(later_ok[0]["t"] - restored, 2) if later_ok else None}
+
+
+def agree(expected: dict, measured: dict) -> tuple[bool, str]:
+    """Does the measurement match the expectation? (ok, reason in plain words)."""
+    exp, got = expected["expect"], measured["measured"]
+    if got == "unknown":
+        return False, "no measurement (no probe ran during the fault)"
+    if got != exp and got in (expected.get("accept") or ()):
+        return True, f"measured {got}, which the expectation accepts"
+    if exp in ("up", "down"):
+        if got == exp:
+            return True, f"{exp} as expected"
+        return False, f"expected {exp}, measured {got}: {measured['why']}"
+    if SEVERITY[got] > SEVERITY[exp]:
+        return False, f"expected at most {exp}, measured {got}: {measured['why']}"
+    within = expected.get("within")
+    if exp == "blip" and got == "blip" and within is not None \
+            and measured["errors_stop_after"] > within:
+        return False, (f"expected the errors to stop within {within:g} s, the last failed "
+                       f"probe started +{measured['errors_stop_after']:g} s after injection")
+    if got == exp:
+        extra = (f" (errors stopped +{measured['errors_stop_after']:g} s after injection, "
+                 f"bound {within:g} s)" if exp == "blip" and within else "")
+        return True, f"{exp} as expected{extra}"
+    return True, f"measured {got}, milder than the {exp} allowed"
+
+
+def judge(journal: dict) -> dict:
+    """Per path: measurement, recovery and agreement; overall ok and reasons."""
+    start, end = _window(journal)
+    restored = journal.get("times", {}).get("restored")
+    interval = journal.get("settings", {}).get("probe_interval", 0.2)
+    exps = journal.get("expectations", {})
+    probes = journal.get("probes", {})
+    paths, reasons = {}, []
+    stalls = host_stalls(probes.get("canary", []))
+    if start is None or end is None:
+        return {"ok": False, "paths": {}, "reasons": ["the fault was never injected"],
+                "healthy_after": _healthy(journal)}
+    for key, exp in exps.items():
+        m = classify(probes.get(key, []), start, end, interval, stalls)
+        r = recovery(probes.get(key, []), restored)
+        ok, why = agree(exp, m)
+        if r["recovered_after"] is None and r["failures"]:
+            ok, why = False, why + "; did not recover after the restore"
+        paths[key] = {**m, "expected": exp["expect"], "within": exp.get("within"),
+                      "agree": ok, "verdict": why, "recovery": r}
+        if not ok:
+            reasons.append(f"{key}: {why}")
+    healthy = _healthy(journal)
+    if healthy is False:
+        reasons.append("the lab is not healthy after the restore: "
+                       + "; ".join(journal.get("after", {}).get("problems", [])))
+    status = journal.get("status")
+    if status not in ("completed", None):
+        reasons.append(f"the drill did not complete ({status})")
+    for e in journal.get("errors", []):
+        if "restore failed" in e or "not every path recovered" in e:
+            reasons.append(e)
+    stalled = round(sum(min(b, end) - max(a, start) for a, b in stalls
+                        if b > start and a < end), 2)
+    return {"ok": not reasons, "paths": paths, "reasons": reasons, "healthy_after": healthy,
+            "host_stall_seconds": stalled,
+            "haproxy_down_after": haproxy_detection(journal),
+            "vip_moved_after": vip_move(journal)}
+
+
+def _healthy(journal: dict):
+    after = journal.get("after")
+    return None if after is None else bool(after.get("ok"))
+
+
+def haproxy_detection(journal: dict) -> dict:
+    """Per LB/server: seconds from injection until HAProxy marked a target DOWN."""
+    start, _ = _window(journal)
+    out = {}
+    if start is None:
+        return out
+    for t, lb, server, status, _check in journal.get("haproxy", []):
+        if t >= start and str(status).startswith("DOWN") and f"{lb}/{server}" not in out:
+            out[f"{lb}/{server}"] = round(t - start, 2)
+    return out
+
+
+def vip_move(journal: dict) -> float | None:
+    start, end = _window(journal)
+    if start is None:
+        return None
+    before = None
+    for t, holders in journal.get("vip", []):
+        if t < start:
+            before = holders
+        elif t <= (end or t) and before and [h for h in holders if h not in before]:
+            # a new holder (a killed master keeps the address on its dead link)
+            return round(t - start, 2)
+    return None

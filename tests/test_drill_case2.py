@@ -1,0 +1,120 @@
+"""Drills on a real local Case 2 lab (markers `drill`, `local`; root).
+
+Asserts what the probes MEASURED, path by path, and that every drill leaves the
+lab healthy (`halab verify` after the restore). Also: SIGKILL `halab drill`
+mid-drill, then `halab drill restore` brings the lab back.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.test_drill_support import (HALAB, explain, healthy_after, lab_fixture, marks, path,
+                                      wait_for, workers)
+
+pytestmark = marks()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    yield from lab_fixture("case2", tmp_path_factory)
+
+
+def test_stop_lb_costs_external_access_only(lab):
+    cp, j = lab.drill("stop-lb", duration=8)
+    assert path(j, "external")["measured"] == "down", explain(j)
+    for w in workers(j):                   # the seed's Case 2 promise, measured
+        assert path(j, w)["failures"] == 0, explain(j)
+    assert path(j, "write")["failures"] == 0
+    assert cp.returncode == 0, explain(j)
+    assert healthy_after(j)
+
+
+def test_graceful_apiserver_stop_is_invisible_through_haproxy(lab):
+    cp, j = lab.drill("stop-apiserver", "k8s-node2", duration=8)
+    assert path(j, "external")["failures"] == 0, explain(j)
+    for w in workers(j):                   # nginx: refused -> next server at once
+        assert path(j, w)["failures"] <= 1, explain(j)
+    assert path(j, "direct:k8s-node2")["measured"] == "down"
+    assert j["verdict"]["haproxy_down_after"]["admin-lb/k8s-node2"] < 4, explain(j)
+    assert healthy_after(j)
+
+
+def test_kill_a_control_plane(lab):
+    cp, j = lab.drill("kill", "k8s-node3")
+    v = j["verdict"]
+    assert path(j, "direct:k8s-node3")["measured"] == "down", explain(j)
+    # HAProxy's /readyz check takes the dead server out within a few seconds ...
+    assert v["haproxy_down_after"]["admin-lb/k8s-node3"] < 5, explain(j)
+    # ... and the errors on the external path stop while k8s-node3 is still off
+    # (what remains after the LB reacted is kube-apiserver's etcd client, ~10 s)
+    ext = path(j, "external")
+    assert ext["measured"] in ("up", "blip"), explain(j)
+    assert ext["errors_stop_after"] is None or ext["errors_stop_after"] < 14, explain(j)
+    assert path(j, "write")["measured"] in ("up", "blip"), explain(j)
+    assert healthy_after(j), explain(j)
+
+
+def test_frozen_api_server_degrades_nginx_workers(lab):
+    cp, j = lab.drill("freeze", "k8s-node1", duration=10)
+    assert path(j, "direct:k8s-node1")["measured"] == "down", explain(j)
+    for w in workers(j):    # passive checks: the frozen server still accepts TCP
+        p = path(j, w)
+        assert p["failures"] > 0 and p["measured"] in ("degraded", "blip"), explain(j)
+        assert p["failures"] < p["probes"], explain(j)  # ... but not down
+    assert healthy_after(j)
+
+
+def test_graceful_etcd_stop_keeps_everything_up(lab):
+    cp, j = lab.drill("stop-etcd", "k8s-node2", duration=8)
+    for key, p in j["verdict"]["paths"].items():
+        assert p["measured"] == "up", explain(j)
+    assert healthy_after(j)
+
+
+def test_quorum_loss_is_refused(lab):
+    cp = lab.halab("drill", "stop-etcd", "k8s-node1", "k8s-node2", check=False)
+    assert cp.returncode == 2
+    assert "1 of 3 etcd members" in cp.stderr and "--allow-quorum-loss" in cp.stderr
+    assert not lab.state().get("faults")
+
+
+def test_sigkilled_halab_leaves_a_fault_that_drill_restore_undoes(lab):
+    proc = subprocess.Popen(HALAB + ["drill", "partition", "k8s-node1", "--duration", "120",
+                                     "-q", "--lab", lab.name], cwd=lab.folder,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: lab.state().get("faults"), 90), "the fault was never injected"
+        time.sleep(2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert lab.state()["faults"] == {"k8s-node1": "partition"}
+    status = lab.halab("status", check=False)
+    assert "partitioned" in status.stdout and status.returncode != 0
+    assert lab.verify().returncode != 0          # the fault is really still there
+    cp = lab.halab("drill", "restore", timeout=200)
+    assert "restored 1 fault(s): partition k8s-node1" in cp.stdout
+    assert not lab.state().get("faults")
+    cp = lab.verify()
+    assert cp.returncode == 0, cp.stdout
+    aborted = lab.journal(lab.journal_ids()[-1])
+    assert aborted["status"] == "aborted" and "drill restore" in aborted["errors"][-1]
+    # the report of an aborted drill still renders
+    rep = lab.halab("drill", "report", check=False)
+    assert rep.returncode in (0, 1) and "partition k8s-node1" in rep.stdout
+
+
+def test_list_and_report(lab):
+    cp = lab.halab("drill", "list")
+    assert "stop-lb" in cp.stdout and "kill" in cp.stdout
+    cp = lab.halab("drill", "report", "stop-lb", check=False)
+    assert "external" in cp.stdout and "report:" in cp.stdout
+    html = cp.stdout.rsplit("report:", 1)[1].strip()
+    assert open(html).read().count("<svg") >= 7
