@@ -167,20 +167,15 @@ def write_tree_atomically(dest: Path, fill, force: bool = False) -> None:
         raise
 
 
-def _register_optional_commands():
-    """Verbs that live in their own modules (lab lifecycle, drills) register themselves."""
-    import importlib
-    for module in ("lab.commands", "lab.drill.cli", "lab.vmcommands", "lab.deploy_cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if not module.startswith(exc.name or "\0"):
-                raise
-            continue
+def _register_commands():
+    """Verbs that live in their own modules (lab lifecycle, machines, deploy, drills)."""
+    from . import commands, deploy_cli, vmcommands
+    from .drill import cli as drill_cli
+    for mod in (commands, vmcommands, deploy_cli, drill_cli):
         mod.register(main)
 
 
-_register_optional_commands()
+_register_commands()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,14 @@ Probes run as long-lived workers (`lab.drill.prober`) inside the namespace of
 the client each access path belongs to (the laptop for external and direct
 paths, the worker for its kubelet path); threads here collect their JSON lines.
 HAProxy backend states come from the stats socket, VIP holders from `ip addr`
-on the load balancers, lease holders and the etcd leader from prober workers.
+on the load balancers, lease holders and the etcd leader from prober workers,
+and a canary worker (a loopback server of its own) tells host stalls (a starved
+2-core machine) apart from the lab's failures.
+
+"Recovered" means: every path OK for `stable` seconds, etcd answering with one
+leader, the VIP back on its keepalived master, and (after a partition) at least
+`settle` seconds observed, because a healed etcd 3.4 member without pre-vote
+forces an election a few seconds later.
 """
 from __future__ import annotations
 
