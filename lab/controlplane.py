@@ -71,6 +71,9 @@ def etcd_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec
         f"--peer-trusted-ca-file={lay.p('pki', 'ca.crt')}", "--peer-client-cert-auth=true",
         # kubespray's tuning (REFERENCE.md section 4)
         "--heartbeat-interval=250", "--election-timeout=5000",
+        # etcd 3.5 (kubespray's) pre-votes by default: a member back from a partition
+        # must not force a new election. Debian's 3.4 needs it said.
+        "--pre-vote=true",
         "--logger=zap", "--log-outputs=stderr",
     )
     return ServiceSpec(node.name, "etcd", argv, files)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.vmtestbed import vm_testbed  # noqa: F401
+
 
 pytestmark = pytest.mark.vm
 

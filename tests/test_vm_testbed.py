@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.vmtestbed import VMTestbedError, VMTestbed, vm_testbed  # noqa: F401
+from tests.support.vmtestbed import VMTestbedError, VMTestbed  # noqa: F401
 
 pytestmark = pytest.mark.vm
 
