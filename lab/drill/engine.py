@@ -11,8 +11,9 @@ and a canary worker (a loopback server of its own) tells host stalls (a starved
 
 "Recovered" means: every path OK for `stable` seconds, etcd answering with one
 leader, the VIP back on its keepalived master, and (after a partition) at least
-`settle` seconds observed, because a healed etcd 3.4 member without pre-vote
-forces an election a few seconds later.
+`settle` seconds observed: a healed member's etcd and API server need a few
+seconds to catch up (without --pre-vote, which halab sets, it would also force an
+election).
 """
 from __future__ import annotations
 

@@ -259,9 +259,9 @@ def _common_effects(topo, fault, targets, ctx, tm, no_quorum) -> list[_Effect]:
                     f"timeout ({election:g} s) first")
         after = ""
         if fault == "partition":
-            after = ("etcd 3.4 runs without --pre-vote: the healed member campaigned with a "
-                     "higher term while it was cut off and forces a new leader election when "
-                     "it is back, so expect errors for a few seconds after the heal")
+            after = ("halab runs etcd with --pre-vote (etcd 3.5's default): the healed member "
+                     "asks before it campaigns, so its return forces no new election; its "
+                     "etcd and API server still need a few seconds to catch up after the heal")
         effects.append(_Effect("blip", why, ETCD_CLIENT_DEAD + 2 * MARGIN, after))
     return effects
 
