@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import subprocess
@@ -61,7 +60,7 @@ def _resolve_k8s(explicit: str | None, required: bool) -> str | None:
 def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | None,
        k8s_bin_dir: str | None, doctor: bool = True) -> Lab:
     from . import deploy_static, providers, scenario
-    from .cli import _print_warnings, write_tree_atomically
+    from .cli import _print_warnings
     s = scenario.load(scenario_ref, provider=provider)
     _print_warnings(s.warnings)
     topo = Topology.of(s)

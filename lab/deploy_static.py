@@ -12,7 +12,7 @@ from . import kubeconfig, pki as pkilib
 from .errors import HalabError
 from .labdir import Lab
 from .render import LabSecrets
-from .topology import API_PORT, Topology
+from .topology import Topology
 
 
 def load_or_create_pki(lab: Lab, topo: Topology) -> dict:

@@ -36,8 +36,13 @@ def build(topo: Topology, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
           user: str | None = None, only: list[tuple[str, str]] | None = None,
           current: str | None = None) -> dict:
     """A kubeconfig dict with embedded credentials and one cluster+context per access path."""
-    user = user or f"{topo.name}-admin"
-    ctxs = only if only is not None else contexts(topo)
+    return config(only if only is not None else contexts(topo), user or f"{topo.name}-admin",
+                  ca_pem, cert_pem, key_pem, current)
+
+
+def config(ctxs: list[tuple[str, str]], user: str, ca_pem: bytes, cert_pem: bytes,
+           key_pem: bytes, current: str | None = None) -> dict:
+    """A kubeconfig with one cluster+context per (name, server URL), one embedded user."""
     return {
         "apiVersion": "v1",
         "kind": "Config",

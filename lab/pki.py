@@ -25,7 +25,6 @@ address/name, VIP).
 """
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import ipaddress
 import os
@@ -33,7 +32,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -263,29 +261,6 @@ def write_pki(files: dict[str, bytes], dest_dir) -> list[Path]:
             raise
         written.append(path)
     return written
-
-
-def kubeconfig_yaml(cluster: str, server_url: str, ca_pem: bytes, client_cert_pem: bytes,
-                    client_key_pem: bytes, user: str, context: str) -> str:
-    """A standard kubeconfig with one cluster/user/context and embedded credentials."""
-    def b64(data) -> str:
-        if isinstance(data, str):
-            data = data.encode()
-        return base64.b64encode(data).decode()
-
-    cfg = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "preferences": {},
-        "clusters": [{"name": cluster, "cluster": {
-            "server": server_url, "certificate-authority-data": b64(ca_pem)}}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": b64(client_cert_pem),
-            "client-key-data": b64(client_key_pem)}}],
-        "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],
-        "current-context": context,
-    }
-    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def cert_info(pem: bytes) -> dict:

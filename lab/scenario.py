@@ -46,7 +46,6 @@ KUBESPRAY_SUPPORTED_OS = {
 # guest's MemTotal, which is ~8-12 % below the RAM given to the VM.
 KUBESPRAY_MIN_MEMORY = {"control_plane": 1500, "worker": 1024, "etcd": 1024}
 MEMTOTAL_MARGIN = 1.15
-STATIC_MIN_MEMORY = {"control_plane": 768, "worker": 256, "etcd": 512, "admin_lb": 256}
 
 # The schema: every key a scenario may set, with its default. A dict is a
 # section; `_ANY_MAP` marks a free-form mapping (its keys are not checked).

@@ -78,10 +78,10 @@ def haproxy_show_stat(sock: Path, timeout: float = 2.0) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def backend_states(sock: Path, backend: str = "k8s-api") -> dict[str, str]:
-    rows = haproxy_show_stat(sock)
-    return {r["svname"]: r["status"] for r in rows
-            if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")}
+def api_servers(rows: list[dict], backend: str = "k8s-api") -> list[dict]:
+    """The server rows of the API backend in HAProxy's `show stat` output."""
+    return [r for r in rows if r.get("pxname") == backend
+            and r.get("svname") not in ("FRONTEND", "BACKEND")]
 
 
 def lease_holder(lab, topo, provider, name: str) -> str | None:
@@ -99,9 +99,7 @@ def run_checks(lab, topo: Topology, provider, write: bool = True) -> list[Check]
     checks = [check_path(lab, topo, provider, p) for p in topo.access_paths()]
     for lb in topo.load_balancers:
         try:
-            states = {r["svname"]: r["status"] for r in provider.haproxy_stat(lb.name)
-                      if r.get("pxname") == "k8s-api"
-                      and r.get("svname") not in ("FRONTEND", "BACKEND")}
+            states = {r["svname"]: r["status"] for r in api_servers(provider.haproxy_stat(lb.name))}
             bad = {k: v for k, v in states.items() if not v.startswith("UP")}
             checks.append(Check("HAProxy backends", lb.name, not bad and bool(states),
                                 ", ".join(f"{k} {v}" for k, v in states.items()),

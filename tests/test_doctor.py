@@ -1,6 +1,5 @@
 """doctor's rules on recorded host facts (no machine state is read)."""
 import json
-from pathlib import Path
 
 import pytest
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import pki
+from lab import kubeconfig as kc, pki
 from lab.errors import HalabError
 
 pytestmark = pytest.mark.local
@@ -283,9 +283,8 @@ def test_local_controlplane_smoke(k8s_bins, lab, tmp_path, record_property):
 
     def kubeconfig(who, server):
         path = tmp_path / f"{who}.kubeconfig"
-        path.write_text(pki.kubeconfig_yaml(CLUSTER, server, files["ca.crt"],
-                                            files[f"{who}.crt"], files[f"{who}.key"],
-                                            who, CLUSTER))
+        path.write_text(kc.dump(kc.config(
+            [(CLUSTER, server)], who, files["ca.crt"], files[f"{who}.crt"], files[f"{who}.key"])))
         path.chmod(0o600)
         return path
 

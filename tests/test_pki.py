@@ -185,9 +185,11 @@ def test_write_pki_overwrites_and_rejects_escape(tmp_path):
         pki.write_pki({"../x.key": b"x"}, tmp_path / "sub")
 
 
-def test_kubeconfig_yaml(files):
-    text = pki.kubeconfig_yaml("case3", "https://10.250.0.100:6443", files["ca.crt"],
-                               files["admin.crt"], files["admin.key"], "case3-admin", "case3")
+def test_kubeconfig_from_pki(files):
+    from lab import kubeconfig
+    text = kubeconfig.dump(kubeconfig.config([("case3", "https://10.250.0.100:6443")],
+                                             "case3-admin", files["ca.crt"], files["admin.crt"],
+                                             files["admin.key"]))
     cfg = yaml.safe_load(text)
     assert cfg["apiVersion"] == "v1" and cfg["kind"] == "Config"
     assert cfg["current-context"] == "case3"

@@ -5,7 +5,6 @@ and must not touch this machine."""
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import pytest

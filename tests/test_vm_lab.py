@@ -6,9 +6,7 @@ halab, vagrant, libvirtd and every SSH connection. Timings are printed for the R
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
 

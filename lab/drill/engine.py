@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from ..errors import HalabError
 from ..kubeconfig import default_context
+from ..verify import api_servers
 from . import expect, faults as faultlib, journal as jlib, verdict as verdictlib
 
 CLIENT = "client"
@@ -242,8 +243,7 @@ class Collector:
             try:
                 rows = self._haproxy_stat(lb)
                 now = {r["svname"]: (r.get("status", "?"), r.get("check_status", ""))
-                       for r in rows if r.get("pxname") == "k8s-api"
-                       and r.get("svname") not in ("FRONTEND", "BACKEND")}
+                       for r in api_servers(rows)}
             except (OSError, ValueError) as exc:
                 # no HAProxy to ask: every server it had is unreachable through it
                 now = {srv: ("no HAProxy", type(exc).__name__) for srv in last} or \

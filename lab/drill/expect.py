@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..render import detect_seconds
 from ..scenario import duration_seconds
 from ..topology import Topology
 from .faults import APISERVER_LOST, ETCD_LOST, LB_LOST, lost
@@ -85,7 +86,7 @@ def timing(s) -> dict:
     advert = float(s.keepalived.get("advert_int") or 1)
     # a refused or unreachable server fails its check fast (connect timeout bounded by
     # inter); a frozen one accepts the connection and fails only at `timeout check`
-    dead = (hc.fall - 1) * fast + hc.fall * min(check_to, inter)
+    dead = detect_seconds(s)
     hang = (hc.fall - 1) * fast + hc.fall * check_to
     return {
         "haproxy_inter": inter, "haproxy_fall": hc.fall, "haproxy_rise": hc.rise,

@@ -13,10 +13,9 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-from .. import controlplane, kubeconfig, netns, render
+from .. import controlplane, netns, render
 from ..errors import HalabError
 from ..labdir import Lab
 from ..procs import Supervisor
@@ -105,11 +104,13 @@ class LocalProvider:
         wanted = {"etcd": (2379, 2380), "kube-apiserver": (API_PORT,),
                   "kube-controller-manager": (10257,), "kube-scheduler": (10259,),
                   "haproxy": (API_PORT,), "nginx-proxy": (API_PORT,)}
-        problems = []
+        problems, listening = [], {}
         for spec in specs:
             if self.sup.pid(spec.node, spec.name) is not None:
                 continue
-            out = self.run(spec.node, ["ss", "-Htlnp"], timeout=10).stdout
+            if spec.node not in listening:
+                listening[spec.node] = self.run(spec.node, ["ss", "-Htlnp"], timeout=10).stdout
+            out = listening[spec.node]
             for port in wanted.get(spec.name, ()):
                 for line in out.splitlines():
                     cols = line.split()
