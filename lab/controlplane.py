@@ -17,6 +17,10 @@ from .topology import API_PORT, Node, Topology
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
+# controller-manager and scheduler start once their node's API server answers (a
+# kubelet starts them together and lets them crash-loop, which costs an emulated VM
+# the CPU its API server needs to come up)
+LOCAL_API_HEALTHZ = f"https://127.0.0.1:{API_PORT}/healthz"
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,8 @@ def controller_manager_spec(topo: Topology, node: Node, lay: Layout, pki: dict) 
         f"--flex-volume-plugin-dir={lay.p('flexvolume')}",
         f"--service-cluster-ip-range={s.service_cidr}",
     )
-    return ServiceSpec(node.name, "kube-controller-manager", argv, files)
+    return ServiceSpec(node.name, "kube-controller-manager", argv, files,
+                       after_url=LOCAL_API_HEALTHZ)
 
 
 def scheduler_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
@@ -146,7 +151,7 @@ def scheduler_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> Servic
         "--leader-elect=true", "--leader-elect-resource-lock=leases",
         "--bind-address=127.0.0.1", "--secure-port=10259", "--port=0",
     )
-    return ServiceSpec(node.name, "kube-scheduler", argv, files)
+    return ServiceSpec(node.name, "kube-scheduler", argv, files, after_url=LOCAL_API_HEALTHZ)
 
 
 def haproxy_runtime(lay: Layout) -> render.HAProxyRuntime:

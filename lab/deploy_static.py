@@ -53,8 +53,12 @@ def write_kubeconfigs(lab: Lab, topo: Topology, pki: dict, provider) -> None:
 
 
 def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
-           timeout: float = 180) -> dict:
-    """Start every program of the plan and wait until every access path answers."""
+           timeout: float | None = None) -> dict:
+    """Start every program of the plan and wait until every access path answers.
+
+    `timeout` defaults to the provider's `ready_timeout` (emulated VMs need minutes).
+    """
+    timeout = timeout or getattr(provider, "ready_timeout", 180)
     secrets = LabSecrets.load(lab.path / "keys")
     t0 = time.monotonic()
     with lab.step("deploy"):

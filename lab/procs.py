@@ -29,6 +29,7 @@ class ServiceSpec:
     files: dict = field(default_factory=dict)   # absolute path -> bytes/str, written first
     env: dict = field(default_factory=dict)
     ready_url: str | None = None                 # documentation / optional checks
+    after_url: str | None = None                 # start only once this answers (VM units)
 
 
 def _starttime(pid: int) -> str | None:

@@ -48,6 +48,9 @@ class PathRemote:
     def run(self, cmd, **kw):
         return self.inner.run(f"export PATH={self.stubs}:$PATH FAKE_STATE={self.state}; {cmd}", **kw)
 
+    def put(self, local, remote, mode=None):
+        return self.inner.put(local, remote, mode=mode)
+
 
 @pytest.fixture
 def vm_provider(sshd_server, tmp_path, monkeypatch):  # noqa: F811
@@ -57,7 +60,7 @@ def vm_provider(sshd_server, tmp_path, monkeypatch):  # noqa: F811
         d.mkdir(parents=True)
     (root / "etc/kubernetes/manifests/kube-apiserver.yaml").write_text("kind: Pod\n")
     for name, text in {"iptables": IPTABLES, "systemctl": RECORDER, "ip": IP,
-                       "virsh": RECORDER, "VBoxManage": RECORDER}.items():
+                       "virsh": RECORDER, "VBoxManage": RECORDER, "curl": RECORDER}.items():
         (stubs / name).write_text(text)
         (stubs / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{stubs}:{os.environ['PATH']}")  # host-side: virsh, VBoxManage
@@ -149,3 +152,51 @@ def test_power_off_is_never_vagrant_halt():
     for provider in ("libvirt", "virtualbox"):
         argv = vprov.power_off_argv(provider, "lab", "n1")
         assert "halt" not in argv and argv[0] in ("virsh", "VBoxManage")
+
+
+def test_static_files_arrive_in_one_upload_with_their_modes(vm_provider):
+    prov = vm_provider(deployer="static")
+    prov.put_files("k8s-node1", {"/var/lib/halab/pki/ca.key": ("KEY", 0o600),
+                                 "/var/lib/halab/pki/ca.crt": (b"CRT", 0o644),
+                                 "/etc/systemd/system/halab-etcd.service": ("[Unit]\n", 0o644)})
+    root = vm_provider.root
+    key = root / "var/lib/halab/pki/ca.key"
+    assert key.read_text() == "KEY" and (key.stat().st_mode & 0o777) == 0o600
+    assert (root / "var/lib/halab/pki/ca.crt").stat().st_mode & 0o777 == 0o644
+    assert (root / "etc/systemd/system/halab-etcd.service").read_text() == "[Unit]\n"
+    assert not list(Path("/tmp").glob("halab-files-*.tgz"))  # the upload is cleaned up
+
+
+def test_static_units_start_etcd_everywhere_then_one_api_server_at_a_time(vm_provider):
+    """Three API servers starting at once starve emulated VMs; each waits for the one before."""
+    from lab.controlplane import plan
+    from lab.render import LabSecrets
+    from lab.pki import lab_pki
+    prov = vm_provider(deployer="static")
+    specs = [s for s in plan(prov.topo, lab_pki(prov.topo), prov.layout,
+                             LabSecrets.generate(), "eth1") if s.node.startswith("k8s-node")]
+    progress = []
+    prov._start_units(specs, progress.append)
+    calls = [c for c in vm_provider.calls()]
+    cps = [c.name for c in prov.topo.control_planes]
+    want = [f"systemctl start --no-block halab-etcd" for _ in cps]
+    for i, cp in enumerate(cps):
+        want.append("systemctl start --no-block halab-kube-apiserver "
+                    "halab-kube-controller-manager halab-kube-scheduler")
+        if i < len(cps) - 1:
+            ip = prov.topo.node(cp).ip
+            want.append(f"curl -skf --max-time 10 -o /dev/null https://{ip}:6443/readyz")
+    # then the Case 2 workers' nginx proxies
+    want += ["systemctl start --no-block halab-nginx-proxy" for _ in prov.topo.workers]
+    assert prov.topo.workers and calls == want
+    assert sum("answers after" in p for p in progress) == len(cps) - 1
+
+
+def test_static_unit_waits_for_its_api_server_and_never_gives_up():
+    from lab.procs import ServiceSpec
+    unit = vprov.systemd_unit(ServiceSpec("k8s-node1", "kube-scheduler", ("/opt/halab/bin/kube-scheduler",),
+                                          after_url="https://127.0.0.1:6443/healthz"))
+    assert "StartLimitIntervalSec=0" in unit and "Restart=always" in unit
+    assert "ExecStartPre=/bin/sh -c 'until curl -skf" in unit and "TimeoutStartSec=infinity" in unit
+    plain = vprov.systemd_unit(ServiceSpec("k8s-node1", "etcd", ("/opt/halab/bin/etcd",)))
+    assert "ExecStartPre" not in plain

@@ -29,12 +29,15 @@ def drill_options(fn):
                           "slowest expected failover, at least 15)."),
         click.option("--probe-path", default="/api/v1/namespaces/default", show_default=True,
                      help="What read probes GET (e.g. /readyz)."),
-        click.option("--probe-interval", type=click.FloatRange(0.05, 5), default=0.2,
-                     show_default=True, help="Seconds between probes of one access path."),
+        click.option("--probe-interval", type=click.FloatRange(0.05, 5), default=None,
+                     help="Seconds between probes of one access path (default: 0.2 on the "
+                          "local provider, 0.5 on VMs: every probe is a TLS handshake, costly "
+                          "for an emulated VM)."),
         click.option("--probe-timeout", type=click.FloatRange(0.1, 30), default=1.0,
                      show_default=True, help="A probe slower than this counts as failed."),
-        click.option("--recovery-timeout", type=click.FloatRange(5, 600), default=60.0,
-                     show_default=True, help="Max seconds to wait for every path after restore."),
+        click.option("--recovery-timeout", type=click.FloatRange(5, 1800), default=None,
+                     help="Max seconds to wait for every path after restore (default: 60 on "
+                          "the local provider, 600 on VMs, where a killed node boots again)."),
         click.option("--warmup", type=click.FloatRange(0.5, 60), default=2.0, show_default=True,
                      help="Seconds of probing before the fault."),
         click.option("--allow-quorum-loss", is_flag=True,

@@ -46,7 +46,7 @@ class Interrupted(BaseException):
 class Settings:
     duration: float | None = None   # how long the fault stays injected (None: auto)
     warmup: float = 2.0             # probes before the fault
-    probe_interval: float = 0.2     # per read path (5 probes/s)
+    probe_interval: float | None = None  # per read path (None: the provider's; 5/s locally)
     probe_timeout: float = 1.0      # per probe; a dead server is a failure, not a hang
     # what a read probe asks: a namespace GET is what clients do (a quorum read from
     # etcd, so it fails without quorum); /readyz turns 500 the moment an API server
@@ -54,7 +54,8 @@ class Settings:
     probe_path: str = "/api/v1/namespaces/default"
     write_interval: float = 0.5
     lease_interval: float = 1.0
-    recovery_timeout: float = 60.0  # after restore, until every path is OK again
+    recovery_timeout: float | None = None  # after restore, until every path is OK again
+    #                                 (None: the provider's, 60 s for the local provider)
     stable: float = 2.0             # "recovered" = this long without a failed probe ...
     settle: float = 8.0             # ... and at least this long after healing a partition:
     #                                 the etcd member may force an election seconds later
@@ -63,6 +64,23 @@ class Settings:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def fitted(self, provider) -> "Settings":
+        """These settings with the provider's waits: an emulated VM boots in minutes.
+
+        A provider's `drill_waits` ({field: seconds}) fill an unset recovery timeout and
+        raise the steady-state and after-restore waits to at least that much.
+        """
+        from dataclasses import replace
+        waits = {**LOCAL_WAITS, **getattr(provider, "drill_waits", {})}
+        return replace(self, recovery_timeout=self.recovery_timeout or waits["recovery_timeout"],
+                       probe_interval=self.probe_interval or waits["probe_interval"],
+                       steady_wait=max(self.steady_wait, waits["steady_wait"]),
+                       after_wait=max(self.after_wait, waits["after_wait"]))
+
+
+LOCAL_WAITS = {"recovery_timeout": 60.0, "steady_wait": 15.0, "after_wait": 90.0,
+               "probe_interval": 0.2}
 
 
 @dataclass
@@ -92,8 +110,16 @@ def observer(topo, targets: list[str]) -> str:
     return topo.control_planes[0].name
 
 
+def prober_argv(provider, node: str) -> list[str]:
+    """How a probe worker starts on `node`: the provider may ship the prober there first."""
+    if hasattr(provider, "prober_argv"):
+        return provider.prober_argv(node)
+    return [sys.executable, "-m", "lab.drill.prober"]
+
+
 def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[ProbeSpec]:
-    base = [sys.executable, "-m", "lab.drill.prober"]
+    s = s.fitted(provider)
+    base = prober_argv(provider, CLIENT)
     specs = []
     for p in topo.access_paths():
         if p.runs_on == "client":
@@ -101,7 +127,7 @@ def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[Pr
         else:
             kc, node = provider.layout(p.runs_on).p("kubeconfig"), p.runs_on
         ctx = path_context(topo, p)
-        specs.append(ProbeSpec(p.key, "read", node, base + [
+        specs.append(ProbeSpec(p.key, "read", node, prober_argv(provider, node) + [
             "--mode", "read", "--kubeconfig", kc, *(["--context", ctx] if ctx else []),
             "--path", s.probe_path,
             "--interval", str(s.probe_interval), "--timeout", str(s.probe_timeout)]))
@@ -429,7 +455,7 @@ class Drill:
         self.lab, self.scenario, self.topo, self.provider = lab, scenario, topo, provider
         self.fault = faultlib.fault(fault).name
         self.requested = list(targets)
-        self.s = settings or Settings()
+        self.s = (settings or Settings()).fitted(provider)
         self.allow_quorum_loss = allow_quorum_loss
         self.echo = echo
         self.live = live
@@ -457,9 +483,8 @@ class Drill:
         topo = self.topo
         if not hasattr(self.provider, "popen"):
             raise HalabError(f"drills need long-running probe workers on the lab's nodes, which "
-                             f"the {getattr(self.provider, 'name', '?')} provider cannot start "
-                             "yet", code=2, hint="run drills on a `--provider local` lab; VM "
-                             "labs have the fault primitives but no prober transport yet")
+                             f"the {getattr(self.provider, 'name', '?')} provider cannot start",
+                             code=2, hint="run drills on a local or Vagrant lab")
         holders = vip_holders(topo, self.provider) if self.fault == "stop-lb" else []
         self.targets = faultlib.resolve_targets(topo, self.fault, self.requested,
                                                 holders[0] if len(holders) == 1 else None)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,17 +19,29 @@ from ..vagrant import ProgressTracker, Vagrant
 
 VM_BASE = "/var/lib/halab"
 VM_BIN = "/opt/halab/bin"
+VM_PROBER = "/opt/halab/prober.py"
 # HAProxy and keepalived run as the distribution's services, set up by admin-lb.sh
 PROVISIONED_SERVICES = ("haproxy", "keepalived")
 LAB_IFACE = "@LAB_IFACE@"
 
-SHOW_STAT = ("python3 -c \"import socket,sys; s=socket.socket(socket.AF_UNIX); "
-             "s.connect('{sock}'); s.sendall(b'show stat\\n'); "
-             "sys.stdout.write(b''.join(iter(lambda: s.recv(65536), b'')).decode())\"")
+# socat starts in milliseconds even on an emulated VM (python3 takes ~1 s there)
+SHOW_STAT = ("if command -v socat >/dev/null; then echo 'show stat' | socat -t 2 - "
+             "UNIX-CONNECT:{sock}; else python3 -c \"import socket,sys; "
+             "s=socket.socket(socket.AF_UNIX); s.connect('{sock}'); s.sendall(b'show stat\\n'); "
+             "sys.stdout.write(b''.join(iter(lambda: s.recv(65536), b'')).decode())\"; fi")
+
+
+_ZSTD_LOCK = threading.Lock()
+CRASH_LOOP = 30          # restarts (1 s apart) before a unit counts as crash-looping
 
 
 class VagrantProvider:
     name = "vagrant"
+    ready_timeout = 900     # emulated VMs start a control plane in minutes, not seconds
+    # a drill's waits: a killed VM boots again (vagrant up) before its units start
+    # and probes at 2/s per path: each is a TLS handshake, which costs an emulated VM
+    drill_waits = {"recovery_timeout": 600.0, "steady_wait": 120.0, "after_wait": 600.0,
+                   "probe_interval": 0.5}
 
     def __init__(self, lab: Lab, topo: Topology, k8s_bin_dir: str | None = None):
         self.lab = lab
@@ -116,13 +131,49 @@ class VagrantProvider:
         r = self.remote(node).run(cmd, timeout=timeout, sudo=True)
         return subprocess.CompletedProcess(argv, r.exited, r.stdout, r.stderr)
 
-    def haproxy_stat(self, lb: str) -> list[dict]:
+    def haproxy_stat(self, lb: str, timeout: float = 30) -> list[dict]:
+        """`show stat` rows of HAProxy on a load balancer VM (its admin socket, over SSH)."""
         import csv
         import io
-        cp = self.run(lb, SHOW_STAT.format(sock="/var/lib/haproxy/admin.sock"), timeout=30)
-        if cp.returncode != 0:
+        from ..render import HAProxyRuntime
+        # an SSH round trip to an emulated VM takes a while: never less than 5 s
+        cp = self.run(lb, SHOW_STAT.format(sock=HAProxyRuntime().stats_socket),
+                      timeout=max(timeout, 5.0))
+        if cp.returncode != 0 or not cp.stdout.strip():
             raise OSError(cp.stderr.strip() or "cannot read the HAProxy stats socket")
         return list(csv.DictReader(io.StringIO(cp.stdout.lstrip("# "))))
+
+    # ------------------------------------------------------------ long-running workers
+    def ssh_config_file(self) -> Path:
+        """`vagrant ssh-config` of every VM in one file, for plain `ssh -F` (made once)."""
+        path = self.lab.path / "ssh_config"
+        if not path.exists():
+            text = self.vagrant.run(["ssh-config"], "ssh-config", timeout=300)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        return path
+
+    def prober_argv(self, node: str) -> list[str]:
+        """How a drill's probe worker starts on `node` (the prober is one stdlib-only file)."""
+        if node == "client":
+            return [sys.executable, "-m", "lab.drill.prober"]
+        local = Path(__file__).resolve().parents[1] / "drill" / "prober.py"
+        self._upload_file(node, local, VM_PROBER, 0o644)
+        return ["python3", VM_PROBER]
+
+    def popen(self, node: str, argv: list[str], **kw) -> subprocess.Popen:
+        """A long-running command: on the host for the client, else over one SSH session.
+
+        Ending the ssh process closes the session; the remote worker then exits at its
+        next write (a broken stdout), as prober workers do.
+        """
+        if node == "client":
+            return subprocess.Popen(argv, **kw)
+        cmd = remotelib.sudo_wrap(shlex.join(argv), self.remote(node).user)
+        return subprocess.Popen(["ssh", "-F", str(self.ssh_config_file()), "-T",
+                                 "-o", "BatchMode=yes", "-o", "ServerAliveInterval=5",
+                                 "-o", "ServerAliveCountMax=3", node, cmd], **kw)
 
     def ssh_argv(self, node: str, command: list[str]) -> list[str]:
         return ["vagrant", "ssh", node, *(["--", *command] if command else [])]
@@ -135,7 +186,10 @@ class VagrantProvider:
         return shutil.which("kubectl") or "kubectl"
 
     def layout(self, node: str) -> controlplane.Layout:
+        # nginx runs with halab's own nginx.conf: the stream module is loaded there
+        from .local import NGINX_STREAM_MODULE
         return controlplane.Layout(base=VM_BASE, k8s_bin=VM_BIN, etcd=f"{VM_BIN}/etcd",
+                                   nginx="/usr/sbin/nginx", nginx_modules=(NGINX_STREAM_MODULE,),
                                    local=False)
 
     def plan(self, pki: dict, secrets) -> list:
@@ -157,21 +211,71 @@ class VagrantProvider:
         self._check(node, f"install -D -m {mode:o} {shlex.quote(tmp)} {shlex.quote(path)} "
                           f"&& rm -f {shlex.quote(tmp)}")
 
+    def put_files(self, node: str, files: dict) -> None:
+        """Many files ({path: (data, mode)}) in one upload: a tar unpacked at / by root."""
+        import io
+        import tarfile
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for path, (data, mode) in sorted(files.items()):
+                data = data.encode() if isinstance(data, str) else data
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        tmp = f"/tmp/halab-files-{hashlib.sha1(buf.getvalue()).hexdigest()[:12]}.tgz"
+        _put_bytes(self.remote(node), buf.getvalue(), tmp)
+        self._check(node, f"tar -xzpf {tmp} -C {self.fs_root or '/'} --no-same-owner "
+                          f"&& rm -f {tmp}")
+
     def _check(self, node: str, cmd: str, timeout: float = 120) -> str:
         r = self.remote(node).run(cmd, timeout=timeout, sudo=True)
         if not r.ok:
             raise HalabError(f"{node}: `{cmd[:80]}` failed: {(r.stderr or r.stdout).strip()[-300:]}")
         return r.stdout
 
-    def _upload_binary(self, node: str, local: Path) -> None:
-        """Copy a binary once; a second deploy compares checksums and skips it."""
+    def _upload_binary(self, node: str, local: Path) -> bool:
+        return self._upload_file(node, local, f"{VM_BIN}/{local.name}", 0o755)
+
+    def _upload_file(self, node: str, local: Path, target: str, mode: int) -> bool:
+        """Copy a file once (True). A `<target>.sha256` beside it records what was copied,
+        so a second deploy skips it without hashing 100 MB on an emulated VM."""
         digest = hashlib.sha256(local.read_bytes()).hexdigest()
-        target = f"{VM_BIN}/{local.name}"
-        have = self.remote(node).run(f"sha256sum {target} 2>/dev/null", sudo=True).stdout.split()
+        mark = shlex.quote(f"{target}.sha256")
+        have = self.remote(node).run(f"test -e {shlex.quote(target)} && cat {mark}",
+                                     sudo=True).stdout.split()
         if have and have[0] == digest:
-            return
-        self._check(node, f"mkdir -p {VM_BIN} && chmod 755 {VM_BIN} && chown {self.remote(node).user or 'root'} {VM_BIN}")
-        self.remote(node).put(str(local), target, mode=0o755)
+            return False
+        folder = shlex.quote(str(Path(target).parent))
+        self._check(node, f"mkdir -p {folder} && chmod 755 {folder} && "
+                          f"chown {self.remote(node).user or 'root'} {folder}")
+        packed = self._zstd(local, digest) if local.stat().st_size > 1 << 20 and \
+            self.remote(node).run("command -v zstd", timeout=30).ok else None
+        if packed:
+            # a third of the bytes through SSH, which an emulated VM encrypts slowly
+            self.remote(node).put(str(packed), f"{target}.zst")
+            self._check(node, f"zstd -q -d -f --rm {shlex.quote(target + '.zst')} -o "
+                              f"{shlex.quote(target)} && chmod {mode:o} {shlex.quote(target)}",
+                        timeout=600)
+        else:
+            self.remote(node).put(str(local), target, mode=mode)
+        self._check(node, f"echo {digest} > {mark}")
+        return True
+
+    def _zstd(self, local: Path, digest: str) -> Path | None:
+        """A zstd copy of `local`, made once and kept in halab's cache (None: no zstd here)."""
+        if not shutil.which("zstd"):
+            return None
+        from ..k8sbin import cache_root
+        out = cache_root() / "zstd" / f"{local.name}-{digest[:16]}.zst"
+        with _ZSTD_LOCK:  # the nodes upload in parallel: compress each binary once
+            if out.exists():
+                return out
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(f".tmp{os.getpid()}")
+            subprocess.run(["zstd", "-q", "-3", "-f", "-T0", str(local), "-o", str(tmp)],
+                           check=True, timeout=600)
+            tmp.replace(out)
+        return out
 
     def start(self, specs, progress=lambda m: None) -> None:
         """Each service becomes a systemd unit with Restart=always (kubelet's job on a real node).
@@ -191,28 +295,100 @@ class VagrantProvider:
         by_node: dict[str, list] = {}
         for spec in specs:
             by_node.setdefault(spec.node, []).append(spec)
-        for node, node_specs in by_node.items():
-            needed = {Path(s.argv[0]).name for s in node_specs} | {"kubectl"}
+        workers = {w.name for w in self.topo.workers}
+
+        def one_node(node: str, node_specs: list) -> None:
+            # kubectl only where halab's checks run it (a worker's own access path)
+            needed = {Path(s.argv[0]).name for s in node_specs} | \
+                ({"kubectl"} if node in workers else set())
             for name in sorted(needed & set(binaries)):
-                progress(f"{node}: uploading {name}")
-                self._upload_binary(node, binaries[name])
+                t0 = time.monotonic()
+                if self._upload_binary(node, binaries[name]):
+                    progress(f"{node}: uploaded {name} ({time.monotonic() - t0:.0f} s)")
+            files = {}
             for spec in node_specs:
                 for path, content in spec.files.items():
                     mode = 0o600 if path.endswith(".key") or "kubeconfig" in path else 0o644
-                    self.put_file(node, path, content, mode)
-                self.put_file(node, f"/etc/systemd/system/halab-{spec.name}.service",
-                              systemd_unit(spec), 0o644)
+                    files[path] = (content, mode)
+                files[f"/etc/systemd/system/halab-{spec.name}.service"] = (systemd_unit(spec),
+                                                                           0o644)
+            self.put_files(node, files)
             units = " ".join(f"halab-{s.name}" for s in node_specs)
-            self._check(node, f"systemctl daemon-reload && systemctl enable --now {units}")
+            self._check(node, f"systemctl daemon-reload && systemctl enable {units}")
+
+        # one SSH connection per node, all nodes at once (uploads dominate under emulation)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=max(1, len(by_node))) as pool:
+            futures = [pool.submit(one_node, n, sp) for n, sp in by_node.items()]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+        self._start_units(specs, progress)
+
+    def _start_units(self, specs, progress) -> None:
+        """etcd everywhere first (members need each other), then one API server at a time.
+
+        An API server's start (every informer's TLS handshake over loopback at once)
+        starves an emulated VM; three at once on a 2-core host starve each other until
+        their loopback clients time out and they exit. Each node's controller-manager
+        and scheduler start with its API server and wait for it (ExecStartPre).
+        """
+        def start(node: str, names: list[str]) -> None:
+            units = " ".join(f"halab-{n}" for n in names)
+            self._check(node, f"systemctl start --no-block {units}")
             progress(f"{node}: started {units}")
 
-    def dead_services(self) -> list[str]:
+        etcd = [s for s in specs if s.name == "etcd"]
+        for spec in etcd:
+            start(spec.node, ["etcd"])
+        rest = [s for s in specs if s not in etcd]
+        api = [s for s in rest if s.name == "kube-apiserver"]
+        for i, spec in enumerate(api):
+            start(spec.node, [s.name for s in rest if s.node == spec.node])
+            if i < len(api) - 1:
+                self._wait_url(spec.node, spec.ready_url, progress)
+        others = [s for s in rest if s.node not in {a.node for a in api}]
+        for node in dict.fromkeys(s.node for s in others):
+            start(node, [s.name for s in others if s.node == node])
+
+    def _wait_url(self, node: str, url: str, progress, timeout: float | None = None) -> None:
+        """Poll `url` from the node itself until it answers 200 (its own API server)."""
+        deadline = time.monotonic() + (timeout or self.ready_timeout)
+        t0 = time.monotonic()
+        while True:
+            r = self.remote(node).run(f"curl -skf --max-time 10 -o /dev/null {shlex.quote(url)}",
+                                      timeout=30)
+            if r.ok:
+                progress(f"{node}: {url} answers after {time.monotonic() - t0:.0f} s")
+                return
+            if time.monotonic() > deadline:
+                raise HalabError(f"{node}: {url} does not answer after "
+                                 f"{time.monotonic() - t0:.0f} s",
+                                 hint=f"`halab ssh {node} -- sudo journalctl -u "
+                                      "halab-kube-apiserver` shows why")
+            time.sleep(3)
+
+    def dead_services(self, specs=None) -> list[str]:
+        """halab units that failed or keep crashing, each with its last journal line.
+
+        Units restart forever (like static pods), so "dead" means crash-looping:
+        more restarts than a cold start under emulation needs (etcd waits for peers).
+        """
+        if self.topo.scenario.deployer != "static":
+            return []
         dead = []
         faults = self.lab.state().get("faults", {})
-        for node in {n.name for n in self.topo.nodes} - set(faults):
-            r = self.remote(node).run("systemctl --failed --no-legend --plain 'halab-*'",
-                                      sudo=True, timeout=60)
-            dead += [f"{node}/{line.split()[0]}" for line in r.stdout.splitlines() if line.strip()]
+        probe = ("for u in $(systemctl list-units --all --plain --no-legend 'halab-*' "
+                 "| awk '{print $1}'); do echo \"$u $(systemctl show -p ActiveState --value $u) "
+                 "$(systemctl show -p NRestarts --value $u) $(journalctl -u $u -n 1 -o cat "
+                 "--no-pager 2>/dev/null | tail -c 200 | tr '\\n' ' ')\"; done")
+        for node in sorted({n.name for n in self.topo.nodes} - set(faults)):
+            r = self.remote(node).run(probe, sudo=True, timeout=60)
+            for line in r.stdout.splitlines():
+                unit, state, restarts, *last = line.split(" ", 3) + [""]
+                if state == "failed" or (restarts.isdigit() and int(restarts) >= CRASH_LOOP):
+                    dead.append(f"{node}/{unit.removesuffix('.service')}: {state}, "
+                                f"{restarts} restarts: {' '.join(last).strip()[:160]}")
         return dead
 
     def stop_service(self, node: str, name: str, hard: bool = False) -> None:
@@ -247,14 +423,28 @@ class VagrantProvider:
         self._remotes.pop(node, None)
 
     def power_on(self, node: str, specs=()) -> None:
-        self.vagrant.run(["up", node, "--no-provision"], "up")
+        """Boot the VM again; its units start at boot, and are started again to be sure."""
         self._remotes.pop(node, None)
+        self.vagrant.run(["up", node, "--no-provision"], "up", timeout=1200)
+        units = [service_unit(self.topo.scenario.deployer, s.name)
+                 for s in specs if s.node == node]
+        if units:
+            self._check(node, "systemctl start --no-block " + " ".join(units))
 
 
 def systemd_unit(spec) -> str:
     """A unit for one service: restarted after 1 s like a static pod, started at boot."""
-    return (f"[Unit]\nDescription=halab {spec.name} on {spec.node}\nAfter=network-online.target\n\n"
-            f"[Service]\nExecStart={shlex.join(spec.argv)}\nRestart=always\nRestartSec=1\n"
+    # StartLimitIntervalSec=0: keep retrying, as kubelet does (an API server started
+    # before etcd has quorum exits; systemd's default would give up after 5 tries)
+    wait = ""
+    if spec.after_url:
+        # -k: a readiness poll that sends nothing; the components verify the CA themselves
+        loop = (f"until curl -skf --max-time 5 -o /dev/null {shlex.quote(spec.after_url)}; "
+                "do sleep 2; done")
+        wait = f"ExecStartPre=/bin/sh -c {shlex.quote(loop)}\nTimeoutStartSec=infinity\n"
+    return (f"[Unit]\nDescription=halab {spec.name} on {spec.node}\nAfter=network-online.target\n"
+            "StartLimitIntervalSec=0\n\n"
+            f"[Service]\n{wait}ExecStart={shlex.join(spec.argv)}\nRestart=always\nRestartSec=2\n"
             "LimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n")
 
 
@@ -284,10 +474,15 @@ def service_command(deployer: str, name: str, action: str, root: str = "") -> st
         if action == "start":
             return f"test ! -e {dst} || mv {dst} {src}"
         return f"mkdir -p {root}{PARKED} && {{ test ! -e {src} || mv {src} {dst}; }}"
-    unit = name if name in PROVISIONED_SERVICES or deployer == "kubespray" else f"halab-{name}"
+    unit = service_unit(deployer, name)
     if action == "kill":
         return f"systemctl kill -s KILL {unit} && systemctl stop {unit}"
     return f"systemctl {action} {unit}"
+
+
+def service_unit(deployer: str, name: str) -> str:
+    """The systemd unit of a service on a VM (halab's static deployer prefixes its own)."""
+    return name if name in PROVISIONED_SERVICES or deployer == "kubespray" else f"halab-{name}"
 
 
 def partition_command(ip: str, cut: bool) -> str:

@@ -13,7 +13,7 @@
 # pre-installs what halab's provisioning needs, because lab VMs have no
 # internet. Its Vagrantfile sets driver "qemu" (TCG: /dev/kvm on these
 # machines cannot boot a stock kernel), kernel/initrd/cmd_line, and an
-# emulator wrapper that caps QEMU's TCG translation cache (tb-size=128 MiB).
+# emulator wrapper that sets QEMU's TCG translation cache (tb-size, 1 GiB).
 #
 # Idempotent: skips the build when the box exists and matches the recipe.
 # Needs root (debootstrap, chroot, file ownership in the image).
@@ -27,7 +27,7 @@
 #   HALAB_SKIP_APT=1      do not install the host packages
 set -euo pipefail
 
-RECIPE_VERSION=5
+RECIPE_VERSION=6
 SUITE=bookworm
 BOX_NAME=halab-debian12
 CACHE=${HALAB_CACHE:-${HOME:-/root}/.cache/halab}
@@ -46,7 +46,7 @@ BASE_PACKAGES=(linux-image-amd64 systemd-sysv openssh-server sudo ifupdown isc-d
 # Installed with apt inside the chroot (what halab's provisioning uses offline).
 EXTRA_PACKAGES=(dbus libpam-systemd haproxy nfs-kernel-server nfs-common keepalived curl
     ca-certificates rsync iptables systemd-timesyncd conntrack socat python3-venv git
-    e2fsprogs procps less)
+    e2fsprogs procps less nginx-light libnginx-mod-stream)
 
 log() { printf '[build-box] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -220,7 +220,9 @@ systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub
     >/dev/null 2>&1 || true
 # Installed for offline provisioning but not started at boot on every node: the
 # provisioning enables what a node's role needs (systemctl enable --now ...).
-systemctl disable haproxy.service keepalived.service nfs-server.service >/dev/null 2>&1 || true
+# (nginx: the static deployer runs the workers' proxy as its own unit, halab-nginx-proxy)
+systemctl disable haproxy.service keepalived.service nfs-server.service nginx.service \
+    >/dev/null 2>&1 || true
 : >/etc/machine-id
 rm -f /var/lib/dbus/machine-id
 ln -s /etc/machine-id /var/lib/dbus/machine-id
@@ -258,9 +260,12 @@ EOF
 emulator_wrapper() {
     cat <<'EOF'
 #!/bin/sh
-# QEMU wrapper for libvirt (libvirt.emulator_path): TCG's translation cache
-# defaults to 1 GiB per VM; cap it to ${HALAB_TCG_TB_SIZE:-128} MiB.
-tb=${HALAB_TCG_TB_SIZE:-128}
+# QEMU wrapper for libvirt (libvirt.emulator_path): the size of TCG's translation
+# cache in MiB (${HALAB_TCG_TB_SIZE:-1024}). A control plane's Go binaries need
+# more than 128 MiB of translated code: with 128 the cache was flushed every ~15 s
+# and an API server took minutes to start. (Memory is only used as code is
+# translated.)
+tb=${HALAB_TCG_TB_SIZE:-1024}
 n=$#
 i=0
 while [ "$i" -lt "$n" ]; do
