@@ -17,6 +17,11 @@ from .topology import API_PORT, Node, Topology
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
+# Under emulation an API server's start takes minutes and its own loopback requests
+# queue behind it: the service IP/nodePort repair checks then hit the 1 min request
+# timeout, which is fatal for them (the API server exits and starts over). More time
+# for every request, and no priority-and-fairness bookkeeping, let it finish.
+EMULATED_APISERVER_FLAGS = ("--request-timeout=5m0s", "--enable-priority-and-fairness=false")
 # controller-manager and scheduler start once their node's API server answers (a
 # kubelet starts them together and lets them crash-loop, which costs an emulated VM
 # the CPU its API server needs to come up)
@@ -35,6 +40,7 @@ class Layout:
     keepalived: str = "keepalived"
     nginx_modules: tuple = ()
     local: bool = True        # local provider (runtime paths inside `base`) or a VM
+    emulated: bool = False    # a VM without hardware virtualization (QEMU TCG): 10-20x slower
 
     def p(self, *parts: str) -> str:
         return str(PurePosixPath(self.base, *parts))
@@ -106,7 +112,7 @@ def apiserver_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> Servic
         "--allow-privileged=true", "--anonymous-auth=true", "--profiling=false",
         "--endpoint-reconciler-type=lease",
         # kubespray sets no --shutdown-delay-duration either (REFERENCE.md section 3)
-    )
+    ) + EMULATED_APISERVER_FLAGS * lay.emulated
     return ServiceSpec(node.name, "kube-apiserver", argv, files,
                        ready_url=f"https://{node.ip}:{API_PORT}/readyz")
 

@@ -31,10 +31,12 @@ def drill_options(fn):
                      help="What read probes GET (e.g. /readyz)."),
         click.option("--probe-interval", type=click.FloatRange(0.05, 5), default=None,
                      help="Seconds between probes of one access path (default: 0.2 on the "
-                          "local provider, 0.5 on VMs: every probe is a TLS handshake, costly "
+                          "local provider, 1 on emulated VMs: every probe is a TLS handshake, costly "
                           "for an emulated VM)."),
-        click.option("--probe-timeout", type=click.FloatRange(0.1, 30), default=1.0,
-                     show_default=True, help="A probe slower than this counts as failed."),
+        click.option("--probe-timeout", type=click.FloatRange(0.1, 30), default=None,
+                     help="A probe slower than this counts as failed (default: 1 s on the "
+                          "local provider and on VMs with hardware virtualization, 15 s on "
+                          "emulated VMs, whose TLS handshakes alone take a second when busy)."),
         click.option("--recovery-timeout", type=click.FloatRange(5, 1800), default=None,
                      help="Max seconds to wait for every path after restore (default: 60 on "
                           "the local provider, 600 on VMs, where a killed node boots again)."),

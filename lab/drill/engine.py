@@ -47,13 +47,14 @@ class Settings:
     duration: float | None = None   # how long the fault stays injected (None: auto)
     warmup: float = 2.0             # probes before the fault
     probe_interval: float | None = None  # per read path (None: the provider's; 5/s locally)
-    probe_timeout: float = 1.0      # per probe; a dead server is a failure, not a hang
+    probe_timeout: float | None = None  # per probe; a dead server is a failure, not a hang
+    #                                     (None: the provider's; 1 s locally)
     # what a read probe asks: a namespace GET is what clients do (a quorum read from
     # etcd, so it fails without quorum); /readyz turns 500 the moment an API server
     # starts a graceful shutdown, while it still serves requests
     probe_path: str = "/api/v1/namespaces/default"
-    write_interval: float = 0.5
-    lease_interval: float = 1.0
+    write_interval: float | None = None  # None: the provider's (0.5 s locally)
+    lease_interval: float | None = None  # leases and etcd members (None: 1 s locally)
     recovery_timeout: float | None = None  # after restore, until every path is OK again
     #                                 (None: the provider's, 60 s for the local provider)
     stable: float = 2.0             # "recovered" = this long without a failed probe ...
@@ -75,12 +76,16 @@ class Settings:
         waits = {**LOCAL_WAITS, **getattr(provider, "drill_waits", {})}
         return replace(self, recovery_timeout=self.recovery_timeout or waits["recovery_timeout"],
                        probe_interval=self.probe_interval or waits["probe_interval"],
+                       probe_timeout=self.probe_timeout or waits["probe_timeout"],
+                       write_interval=self.write_interval or waits["write_interval"],
+                       lease_interval=self.lease_interval or waits["lease_interval"],
                        steady_wait=max(self.steady_wait, waits["steady_wait"]),
                        after_wait=max(self.after_wait, waits["after_wait"]))
 
 
 LOCAL_WAITS = {"recovery_timeout": 60.0, "steady_wait": 15.0, "after_wait": 90.0,
-               "probe_interval": 0.2}
+               "probe_interval": 0.2, "probe_timeout": 1.0, "write_interval": 0.5,
+               "lease_interval": 1.0}
 
 
 @dataclass
@@ -668,6 +673,12 @@ class Drill:
 
     def _check_warmup(self) -> None:
         t0 = self.journal["times"]["warmup_start"]
+        # a probe is recorded when it ends: give the last ones up to their timeout
+        keys = [sp.key for sp in self.collector.specs if sp.mode in ("read", "write")]
+        deadline = time.monotonic() + self.s.probe_timeout + 1.0
+        while time.monotonic() < deadline and \
+                not all(self.collector.since(k, t0) for k in keys):
+            time.sleep(0.1)
         dead = self.collector.dead_workers()
         if dead:
             raise HalabError("probe workers died: " + "; ".join(dead))

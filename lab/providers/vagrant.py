@@ -38,10 +38,6 @@ CRASH_LOOP = 30          # restarts (1 s apart) before a unit counts as crash-lo
 class VagrantProvider:
     name = "vagrant"
     ready_timeout = 900     # emulated VMs start a control plane in minutes, not seconds
-    # a drill's waits: a killed VM boots again (vagrant up) before its units start
-    # and probes at 2/s per path: each is a TLS handshake, which costs an emulated VM
-    drill_waits = {"recovery_timeout": 600.0, "steady_wait": 120.0, "after_wait": 600.0,
-                   "probe_interval": 0.5}
 
     def __init__(self, lab: Lab, topo: Topology, k8s_bin_dir: str | None = None):
         self.lab = lab
@@ -190,7 +186,24 @@ class VagrantProvider:
         from .local import NGINX_STREAM_MODULE
         return controlplane.Layout(base=VM_BASE, k8s_bin=VM_BIN, etcd=f"{VM_BIN}/etcd",
                                    nginx="/usr/sbin/nginx", nginx_modules=(NGINX_STREAM_MODULE,),
-                                   local=False)
+                                   local=False, emulated=self.emulated)
+
+    @property
+    def drill_waits(self) -> dict:
+        """A drill's waits: a killed VM boots again (vagrant up) before its units start.
+        Emulated VMs get slower probes (each is a TLS handshake, costly there) with more
+        time to answer (a busy emulated API server takes a second for a handshake)."""
+        waits = {"recovery_timeout": 600.0, "steady_wait": 120.0, "after_wait": 600.0}
+        if self.emulated:
+            waits.update(probe_interval=1.0, probe_timeout=15.0, write_interval=2.0,
+                         lease_interval=2.0)
+        return waits
+
+    @property
+    def emulated(self) -> bool:
+        """libvirt with driver qemu: software emulation (TCG), no hardware virtualization."""
+        return self.topo.scenario.provider == "libvirt" and \
+            self.topo.scenario.provider_options["libvirt"]["driver"] == "qemu"
 
     def plan(self, pki: dict, secrets) -> list:
         """The static plan; kubespray labs get name-only specs (their services exist already)."""
@@ -305,6 +318,18 @@ class VagrantProvider:
                 t0 = time.monotonic()
                 if self._upload_binary(node, binaries[name]):
                     progress(f"{node}: uploaded {name} ({time.monotonic() - t0:.0f} s)")
+            # units whose definition changed (new flags) are stopped, then started in order
+            units_dir = "/etc/systemd/system"
+            have = dict(reversed(line.split(None, 1)) for line in self.remote(node).run(
+                f"sha256sum {units_dir}/halab-*.service 2>/dev/null", sudo=True,
+                timeout=60).stdout.splitlines() if line.strip())
+            changed = [s.name for s in node_specs
+                       if f"{units_dir}/halab-{s.name}.service" in have and
+                       have[f"{units_dir}/halab-{s.name}.service"] !=
+                       hashlib.sha256(systemd_unit(s).encode()).hexdigest()]
+            if changed:
+                progress(f"{node}: {', '.join(changed)} changed: restarting")
+                self._check(node, "systemctl stop " + " ".join(f"halab-{n}" for n in changed))
             files = {}
             for spec in node_specs:
                 for path, content in spec.files.items():
