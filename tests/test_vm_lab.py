@@ -12,6 +12,8 @@ are printed for CI and the README.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -51,6 +53,7 @@ provider_options:
 # with this scenario's checks) or the API servers' etcd clients giving up on the dead
 # member (~10 s), with room for an emulated, CPU-starved machine (measured: 16.7 s)
 READ_FAILURE_BUDGET = 30.0
+ARTIFACTS = Path(os.environ.get("HALAB_ARTIFACTS", "/tmp/halab-artifacts"))
 TIMINGS: dict[str, float] = {}
 FIGURES: dict = {}
 
@@ -77,8 +80,10 @@ def lab_dir(vm_testbed, tmp_path_factory):
     yield work
     # always leave nothing behind, even when a test failed
     vm_testbed.run(["halab", "destroy", "--force"], cwd=work, timeout=900, check=False)
-    print("\nVM lab figures: " + json.dumps(
-        {"timings_s": {k: round(v, 1) for k, v in TIMINGS.items()}, **FIGURES}))
+    figures = json.dumps({"timings_s": {k: round(v, 1) for k, v in TIMINGS.items()}, **FIGURES})
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "vm-lab-figures.json").write_text(figures + "\n")
+    print(f"\nVM lab figures ({ARTIFACTS / 'vm-lab-figures.json'}): {figures}")
 
 
 def test_up_deploys_a_control_plane_on_the_vms(vm_testbed, lab_dir):
@@ -131,7 +136,7 @@ def test_provisioning_is_offline_and_locked_down(vm_testbed, lab_dir):
 
 
 @pytest.mark.drill
-def test_kill_a_control_plane_vm_and_kubectl_keeps_working(vm_testbed, lab_dir):
+def test_kill_a_control_plane_vm_and_kubectl_keeps_working(vm_testbed, lab_dir, capsys):
     tb = vm_testbed
     cp, TIMINGS["drill kill k8s-node1"] = halab(
         tb, ["drill", "kill", "k8s-node1", "--duration", "45"], lab_dir, timeout=2700,
@@ -141,7 +146,11 @@ def test_kill_a_control_plane_vm_and_kubectl_keeps_working(vm_testbed, lab_dir):
     journal_path = next((l.split(":", 1)[1].strip() for l in lines
                          if l.startswith("journal:")), None)
     assert journal_path, cp.stdout[-3000:]
-    print(f"\nVM drill report (CI artifact): {report}\nVM drill journal: {journal_path}")
+    # the lab directory goes away with `halab destroy`: keep the report for CI's log
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    kept = [shutil.copy2(f, ARTIFACTS) for f in (report, journal_path) if f and Path(f).exists()]
+    with capsys.disabled():
+        print(f"\nVM drill report (CI artifact): {' '.join(map(str, kept))}")
     j = json.loads(Path(journal_path).read_text())
     v = j["verdict"]
     summary = {k: p["verdict"] for k, p in v["paths"].items()}
