@@ -666,7 +666,7 @@ class VerifyingVagrant(FakeVagrant):
         out = "ok" if "/readyz" in argv else "k8s-node1"
         return subprocess.CompletedProcess(argv, 0, out, "")
 
-    def haproxy_stat(self, lb):
+    def haproxy_stat(self, lb, timeout=30):
         return [{"pxname": "k8s-api", "svname": f"k8s-node{i}", "status": "UP"} for i in (1, 2, 3)]
 
     def layout(self, node):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -65,13 +64,6 @@ TIMINGS: dict[str, float] = {}
 FIGURES: dict = {}
 
 
-def halab(tb, args, cwd, timeout=1800, check=True):
-    t0 = time.monotonic()
-    cp = tb.run(["halab", *args], cwd=cwd, timeout=timeout, check=check, stream=True,
-                what=f"halab {' '.join(args)}")
-    return cp, time.monotonic() - t0
-
-
 def failure_span(probes: list[dict], t0: float, t1: float) -> float:
     """Seconds from the first failed probe in [t0, t1] to the end of the last one."""
     bad = [p for p in probes if not p["ok"] and t0 <= p["t"] <= t1]
@@ -95,25 +87,25 @@ def lab_dir(vm_testbed, tmp_path_factory):
 
 def test_up_deploys_a_control_plane_on_the_vms(vm_testbed, lab_dir):
     tb = vm_testbed
-    cp, TIMINGS["up + static deploy"] = halab(tb, ["up", str(lab_dir / f"{LAB}.yaml")],
+    cp, TIMINGS["up + static deploy"] = tb.halab(["up", str(lab_dir / f"{LAB}.yaml")],
                                               lab_dir, timeout=3000)
     assert "is up" in cp.stdout
 
-    cp, _ = halab(tb, ["status"], lab_dir, check=False)
+    cp, _ = tb.halab(["status"], lab_dir, check=False)
     for node in NODES:
         assert f"{node} " in cp.stdout
     assert cp.stdout.count("running") >= len(NODES), cp.stdout
 
-    cp, TIMINGS["verify"] = halab(tb, ["verify"], lab_dir, timeout=600)
+    cp, TIMINGS["verify"] = tb.halab(["verify"], lab_dir, timeout=600)
     assert cp.returncode == 0 and "checks passed" in cp.stdout
 
     # the control plane runs as systemd units, binaries uploaded by halab
-    cp, _ = halab(tb, ["ssh", "k8s-node2", "--", "systemctl", "is-active", "halab-etcd",
+    cp, _ = tb.halab(["ssh", "k8s-node2", "--", "systemctl", "is-active", "halab-etcd",
                        "halab-kube-apiserver", "halab-kube-controller-manager",
                        "halab-kube-scheduler"], lab_dir)
     assert cp.stdout.split() == ["active"] * 4
     # a second up redoes nothing it does not have to
-    cp, TIMINGS["second up"] = halab(tb, ["up", str(lab_dir / f"{LAB}.yaml")], lab_dir,
+    cp, TIMINGS["second up"] = tb.halab(["up", str(lab_dir / f"{LAB}.yaml")], lab_dir,
                                      timeout=1800)
     assert "already running" in cp.stdout and "uploaded" not in cp.stdout
 
@@ -121,32 +113,32 @@ def test_up_deploys_a_control_plane_on_the_vms(vm_testbed, lab_dir):
 def test_provisioning_is_offline_and_locked_down(vm_testbed, lab_dir):
     tb = vm_testbed
     for node in NODES:
-        cp, _ = halab(tb, ["ssh", node, "--", "sudo", "cat", "/etc/hosts"], lab_dir)
+        cp, _ = tb.halab(["ssh", node, "--", "sudo", "cat", "/etc/hosts"], lab_dir)
         assert "192.168.124.11 k8s-node1" in cp.stdout and f"k8s-api.{LAB}.lab" in cp.stdout
-        cp, _ = halab(tb, ["ssh", node, "--", "sudo", "sshd", "-T"], lab_dir)
+        cp, _ = tb.halab(["ssh", node, "--", "sudo", "sshd", "-T"], lab_dir)
         assert "passwordauthentication no" in cp.stdout.lower()
     # admin-lb reaches the nodes with the lab's own key; a password login is refused
-    cp, _ = halab(tb, ["ssh", "admin-lb", "--", "sudo", "ssh", "-i", "/root/.ssh/id_ed25519",
+    cp, _ = tb.halab(["ssh", "admin-lb", "--", "sudo", "ssh", "-i", "/root/.ssh/id_ed25519",
                        "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
                        "root@k8s-node3", "hostname"], lab_dir)
     assert "k8s-node3" in cp.stdout
-    cp, _ = halab(tb, ["ssh", "admin-lb", "--", "ssh", "-o", "BatchMode=yes",
+    cp, _ = tb.halab(["ssh", "admin-lb", "--", "ssh", "-o", "BatchMode=yes",
                        "-o", "PreferredAuthentications=password",
                        "-o", "StrictHostKeyChecking=no", "root@k8s-node3", "true"],
                   lab_dir, check=False)
     assert cp.returncode != 0
-    cp, _ = halab(tb, ["ssh", "admin-lb", "--", "sudo", "haproxy", "-c", "-f",
+    cp, _ = tb.halab(["ssh", "admin-lb", "--", "sudo", "haproxy", "-c", "-f",
                        "/etc/haproxy/haproxy.cfg"], lab_dir)
     assert "valid" in cp.stdout.lower()
-    cp, _ = halab(tb, ["ssh", "admin-lb", "--", "sudo", "exportfs", "-v"], lab_dir)
+    cp, _ = tb.halab(["ssh", "admin-lb", "--", "sudo", "exportfs", "-v"], lab_dir)
     assert "192.168.124.0/24" in cp.stdout and "*(" not in cp.stdout
 
 
 @pytest.mark.drill
 def test_kill_a_control_plane_vm_and_kubectl_keeps_working(vm_testbed, lab_dir, capsys):
     tb = vm_testbed
-    cp, TIMINGS["drill kill k8s-node1"] = halab(
-        tb, ["drill", "kill", "k8s-node1", "--duration", "45"], lab_dir, timeout=2700,
+    cp, TIMINGS["drill kill k8s-node1"] = tb.halab(
+        ["drill", "kill", "k8s-node1", "--duration", "45"], lab_dir, timeout=2700,
         check=False)
     lines = cp.stdout.splitlines()
     report = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("report:")), None)
@@ -194,13 +186,13 @@ def test_kill_a_control_plane_vm_and_kubectl_keeps_working(vm_testbed, lab_dir, 
         "recovered_after_restore_s": round(j["times"].get("recovered", restored) - restored, 1),
         "paths": summary})
 
-    cp, TIMINGS["verify after the drill"] = halab(tb, ["verify"], lab_dir, timeout=600)
+    cp, TIMINGS["verify after the drill"] = tb.halab(["verify"], lab_dir, timeout=600)
     assert cp.returncode == 0
 
 
 def test_destroy_leaves_nothing(vm_testbed, lab_dir):
     tb = vm_testbed
-    cp, TIMINGS["destroy"] = halab(tb, ["destroy"], lab_dir, timeout=900)
+    cp, TIMINGS["destroy"] = tb.halab(["destroy"], lab_dir, timeout=900)
     assert not (lab_dir / ".halab" / LAB).exists()
     assert [d for d in tb.names("domain") if d.startswith(f"halab-{LAB}-")] == []
     assert [v for v in tb.names("volume") if v.startswith(f"halab-{LAB}-")] == []

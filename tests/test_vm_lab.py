@@ -6,7 +6,6 @@ halab, vagrant, libvirtd and every SSH connection. Timings are printed for the R
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -37,13 +36,6 @@ provider_options:
 """
 
 
-def halab(tb, args, cwd, timeout=1800, check=True):
-    t0 = time.monotonic()
-    cp = tb.run(["halab", *args], cwd=cwd, timeout=timeout, check=check, stream=True,
-                what=f"halab {' '.join(args)}")
-    return cp, time.monotonic() - t0
-
-
 @pytest.fixture(scope="module")
 def lab_dir(vm_testbed, tmp_path_factory):  # noqa: F811
     work = tmp_path_factory.mktemp("vmlab")
@@ -56,49 +48,49 @@ def lab_dir(vm_testbed, tmp_path_factory):  # noqa: F811
 def test_up_status_ssh_halt_destroy(vm_testbed, lab_dir):  # noqa: F811
     tb = vm_testbed
     timings = {}
-    cp, timings["up"] = halab(tb, ["up", str(lab_dir / "vmt.yaml"), "--no-deploy"], lab_dir)
+    cp, timings["up"] = tb.halab(["up", str(lab_dir / "vmt.yaml"), "--no-deploy"], lab_dir)
     assert "is up" in cp.stdout
 
-    cp, _ = halab(tb, ["status"], lab_dir, check=False)
+    cp, _ = tb.halab(["status"], lab_dir, check=False)
     for node in ("admin-lb", "k8s-node1", "k8s-node2"):
         assert f"{node} " in cp.stdout
     assert cp.stdout.count("running") >= 3, cp.stdout
 
     # provisioning really ran: hosts file, lab key, no password logins
     for node in ("admin-lb", "k8s-node1", "k8s-node2"):
-        cp, _ = halab(tb, ["ssh", node, "--", "sudo", "cat", "/etc/hosts"], lab_dir)
+        cp, _ = tb.halab(["ssh", node, "--", "sudo", "cat", "/etc/hosts"], lab_dir)
         assert "192.168.123.11 k8s-node1" in cp.stdout and "k8s-api.vmt.lab" in cp.stdout
-        cp, _ = halab(tb, ["ssh", node, "--", "sudo", "sshd", "-T"], lab_dir)
+        cp, _ = tb.halab(["ssh", node, "--", "sudo", "sshd", "-T"], lab_dir)
         assert "passwordauthentication no" in cp.stdout.lower()
     for node in ("k8s-node1", "k8s-node2"):
-        cp, _ = halab(tb, ["ssh", "admin-lb", "--", "sudo", "ssh", "-i", "/root/.ssh/id_ed25519",
+        cp, _ = tb.halab(["ssh", "admin-lb", "--", "sudo", "ssh", "-i", "/root/.ssh/id_ed25519",
                            "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes",
                            f"root@{node}", "hostname"], lab_dir)
         assert node in cp.stdout
         # a password login is refused outright
-        cp, _ = halab(tb, ["ssh", "admin-lb", "--", "ssh", "-o", "BatchMode=yes",
+        cp, _ = tb.halab(["ssh", "admin-lb", "--", "ssh", "-o", "BatchMode=yes",
                            "-o", "PreferredAuthentications=password",
                            "-o", "StrictHostKeyChecking=no", f"root@{node}", "true"],
                       lab_dir, check=False)
         assert cp.returncode != 0
-    cp, _ = halab(tb, ["ssh", "admin-lb", "--", "sudo", "haproxy", "-c", "-f",
+    cp, _ = tb.halab(["ssh", "admin-lb", "--", "sudo", "haproxy", "-c", "-f",
                        "/etc/haproxy/haproxy.cfg"], lab_dir)
     assert "valid" in cp.stdout.lower()
-    cp, _ = halab(tb, ["ssh", "admin-lb", "--", "sudo", "exportfs", "-v"], lab_dir)
+    cp, _ = tb.halab(["ssh", "admin-lb", "--", "sudo", "exportfs", "-v"], lab_dir)
     assert "192.168.123.0/24" in cp.stdout and "*(" not in cp.stdout
 
     # a second up changes nothing and is fast
-    cp, timings["second up"] = halab(tb, ["up", str(lab_dir / "vmt.yaml"), "--no-deploy"],
+    cp, timings["second up"] = tb.halab(["up", str(lab_dir / "vmt.yaml"), "--no-deploy"],
                                      lab_dir)
     assert "already running" in cp.stdout
 
-    cp, timings["halt"] = halab(tb, ["halt", "k8s-node1"], lab_dir)
-    cp, _ = halab(tb, ["status"], lab_dir, check=False)
+    cp, timings["halt"] = tb.halab(["halt", "k8s-node1"], lab_dir)
+    cp, _ = tb.halab(["status"], lab_dir, check=False)
     assert "shutoff" in cp.stdout or "poweroff" in cp.stdout, cp.stdout
-    cp, timings["up after halt"] = halab(tb, ["up", str(lab_dir / "vmt.yaml"), "--no-deploy"],
+    cp, timings["up after halt"] = tb.halab(["up", str(lab_dir / "vmt.yaml"), "--no-deploy"],
                                          lab_dir)
 
-    cp, timings["destroy"] = halab(tb, ["destroy"], lab_dir)
+    cp, timings["destroy"] = tb.halab(["destroy"], lab_dir)
     assert not (lab_dir / ".halab" / "vmt").exists()
     assert [d for d in tb.names("domain") if d.startswith("halab-vmt-")] == []
     assert [v for v in tb.names("volume") if v.startswith("halab-vmt-")] == []

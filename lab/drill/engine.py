@@ -272,7 +272,8 @@ class Collector:
         while not self.stopping.is_set():
             t = time.time()
             try:
-                rows = self._haproxy_stat(lb)
+                # a short timeout: a frozen HAProxy must not stall the poller
+                rows = self.provider.haproxy_stat(lb, timeout=0.5)
                 now = {r["svname"]: (r.get("status", "?"), r.get("check_status", ""))
                        for r in api_servers(rows)}
             except (OSError, ValueError) as exc:
@@ -285,13 +286,6 @@ class Collector:
                         self.haproxy.append([round(t, 3), lb, server, status, check])
             last = now
             self.stopping.wait(0.25)
-
-    def _haproxy_stat(self, lb: str) -> list[dict]:
-        import inspect
-        fn = self.provider.haproxy_stat
-        if "timeout" in inspect.signature(fn).parameters:
-            return fn(lb, timeout=0.5)   # a frozen HAProxy must not stall the poller
-        return fn(lb)
 
     def _poll_vip(self) -> None:
         vip = str(self.topo.lb_address)

@@ -217,12 +217,7 @@ class VagrantProvider:
         return []  # fresh VMs; a unit that cannot bind fails and shows in dead_services
 
     def put_file(self, node: str, path: str, data, mode: int = 0o644) -> None:
-        r = self.remote(node)
-        data = data.encode() if isinstance(data, str) else data
-        tmp = f"/tmp/halab-upload-{hashlib.sha1(path.encode()).hexdigest()[:12]}"
-        r.put_bytes(data, tmp) if hasattr(r, "put_bytes") else _put_bytes(r, data, tmp)
-        self._check(node, f"install -D -m {mode:o} {shlex.quote(tmp)} {shlex.quote(path)} "
-                          f"&& rm -f {shlex.quote(tmp)}")
+        self.put_files(node, {path: (data, mode)})
 
     def put_files(self, node: str, files: dict) -> None:
         """Many files ({path: (data, mode)}) in one upload: a tar unpacked at / by root."""

@@ -79,6 +79,14 @@ class VMTestbed:
         return run_cmd(full, cwd=cwd, env=env, timeout=timeout, check=check,
                        stream=stream, what=what or " ".join(cmd))
 
+    def halab(self, args: Sequence[str], cwd, timeout: float = 1800,
+              check: bool = True) -> tuple[subprocess.CompletedProcess[str], float]:
+        """`halab ARGS` in the namespace, output streamed: (result, seconds it took)."""
+        t0 = time.monotonic()
+        cp = self.run(["halab", *args], cwd=cwd, timeout=timeout, check=check, stream=True,
+                      what=f"halab {' '.join(args)}")
+        return cp, time.monotonic() - t0
+
     def virsh(self, *args: str, timeout: float = 60) -> str:
         return self.run(["virsh", "-q", "-c", self.env["LIBVIRT_DEFAULT_URI"], *args],
                         timeout=timeout).stdout
