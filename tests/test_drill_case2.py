@@ -54,7 +54,15 @@ def test_kill_a_control_plane(lab):
     ext = path(j, "external")
     assert ext["measured"] in ("up", "blip"), explain(j)
     assert ext["errors_stop_after"] is None or ext["errors_stop_after"] < 14, explain(j)
-    assert path(j, "write")["measured"] in ("up", "blip"), explain(j)
+    # writes keep working with 2 of 3 etcd members, but each API server's ConfigMap
+    # client may keep a connection to the dead member for up to gRPC's keepalive
+    # (30 s idle + 10 s), so within a 20 s window they may still fail now and then
+    # (CI measured 23 of 40 failed, the last at +18.9 s): blip or degraded, never down
+    w = path(j, "write")
+    assert w["measured"] in ("up", "blip", "degraded"), explain(j)
+    assert w["agree"], explain(j)
+    assert any(p["ok"] for p in j["probes"]["write"] if p["t"] >= j["times"]["injected"]
+               and p["t"] < j["times"]["restore_start"]), explain(j)
     assert healthy_after(j), explain(j)
 
 
