@@ -718,17 +718,27 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     vrid = _int(chk, "keepalived.virtual_router_id", ka["virtual_router_id"], 1, 255)
     advert = _int(chk, "keepalived.advert_int", ka["advert_int"], 1, 60)
 
-    # kubernetes networks must not overlap the lab subnet
+    # kubernetes networks must not overlap the lab subnet, nor each other
     k8s = d["kubernetes"]
+    k8s_nets: dict[str, ipaddress.IPv4Network] = {}
     for key in ("service_cidr", "pod_cidr"):
         try:
-            cidr = ipaddress.IPv4Network(str(k8s[key]))
-            if subnet is not None and cidr.overlaps(subnet):
-                chk.error(f"kubernetes.{key}", k8s[key], f"overlaps the lab subnet {subnet}",
-                          "use a range the lab does not use, e.g. 10.233.0.0/18")
+            k8s_nets[key] = ipaddress.IPv4Network(str(k8s[key]))
         except ValueError:
             chk.error(f"kubernetes.{key}", k8s[key], "is not an IPv4 network",
                       "write it like 10.233.0.0/18")
+    for key, cidr in k8s_nets.items():
+        other = k8s_nets.get("pod_cidr" if key == "service_cidr" else "service_cidr")
+        if subnet is not None and cidr.overlaps(subnet):
+            free = free_k8s_range(key, [subnet] + ([other] if other else []))
+            chk.error(f"kubernetes.{key}", k8s[key], f"overlaps the lab subnet {subnet}",
+                      f"set kubernetes.{key}: {free}, or move network.subnet out of {cidr}",
+                      blame=None if f"kubernetes.{key}" in chk.origins else "network.subnet")
+        elif key == "pod_cidr" and other is not None and cidr.overlaps(other):
+            free = free_k8s_range(key, [other] + ([subnet] if subnet else []))
+            chk.error("kubernetes.pod_cidr", k8s[key],
+                      f"overlaps kubernetes.service_cidr {other}",
+                      f"use separate ranges, e.g. pod_cidr: {free}")
 
     nfs = d["nfs"]
     if not isinstance(nfs["enabled"], bool):
@@ -806,6 +816,18 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
         raise ScenarioError(chk.problems)
     warnings = tuple(p for p in chk.problems if p.severity != "error")
     return _replace(provisional, warnings=warnings)
+
+
+K8S_RANGES = {"service_cidr": ("10.233.0.0/18", "10.96.0.0/16", "172.30.0.0/16"),
+              "pod_cidr": ("10.233.64.0/18", "10.244.0.0/16", "172.31.0.0/16")}
+
+
+def free_k8s_range(key: str, taken: list) -> str:
+    """A conventional range for `key` that overlaps none of `taken` (for a fix hint)."""
+    for cand in K8S_RANGES[key]:
+        if not any(ipaddress.IPv4Network(cand).overlaps(t) for t in taken):
+            return cand
+    return K8S_RANGES[key][-1]
 
 
 def _replace(s: Scenario, **kw) -> Scenario:

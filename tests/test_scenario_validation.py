@@ -185,11 +185,19 @@ RULES = [
                  "192.168.10.99", "names no node of this scenario", "nodes: admin-lb, k8s-node1",
                  id="unknown-node-in-addresses"),
     pytest.param("kubernetes: {pod_cidr: 192.168.0.0/16}", "kubernetes.pod_cidr",
-                 "192.168.0.0/16", "overlaps the lab subnet 192.168.10.0/24", "10.233.0.0/18",
-                 id="pod-cidr-overlaps-lab"),
+                 "192.168.0.0/16", "overlaps the lab subnet 192.168.10.0/24",
+                 "set kubernetes.pod_cidr: 10.233.64.0/18, or move network.subnet out of "
+                 "192.168.0.0/16", id="pod-cidr-overlaps-lab"),
     pytest.param("kubernetes: {service_cidr: 192.168.10.128/25}", "kubernetes.service_cidr",
-                 "192.168.10.128/25", "overlaps the lab subnet", "a range the lab does not use",
-                 id="service-cidr-overlaps-lab"),
+                 "192.168.10.128/25", "overlaps the lab subnet", "kubernetes.service_cidr: "
+                 "10.233.0.0/18", id="service-cidr-overlaps-lab"),
+    # the suggested range is free (not the default that collided)
+    pytest.param("network: {subnet: 10.233.0.0/24}", "kubernetes.service_cidr",
+                 "10.233.0.0/18", "overlaps the lab subnet 10.233.0.0/24",
+                 "set kubernetes.service_cidr: 10.96.0.0/16", id="lab-subnet-in-service-cidr"),
+    pytest.param("kubernetes: {pod_cidr: 10.233.0.0/16}", "kubernetes.pod_cidr",
+                 "10.233.0.0/16", "overlaps kubernetes.service_cidr 10.233.0.0/18",
+                 "pod_cidr: 10.233.64.0/18", id="pod-cidr-overlaps-service-cidr"),
     pytest.param("kubernetes: {service_cidr: ten.233.0.0/18}", "kubernetes.service_cidr",
                  "ten.233.0.0/18", "is not an IPv4 network", "10.233.0.0/18",
                  id="service-cidr-malformed"),
