@@ -34,13 +34,22 @@ def lab_options(fn):
     return wrapper
 
 
-def open_lab(lab: Lab, k8s_bin_dir: str | None = None):
-    """(scenario, topology, provider) of an existing lab."""
+def open_lab(lab: Lab, k8s_bin_dir: str | None = None, need_k8s: bool = False):
+    """(scenario, topology, provider) of an existing lab.
+
+    `need_k8s`: the caller runs halab's own control plane, so the Kubernetes binaries
+    must be found now (a lab made with `up --no-deploy` has none recorded yet); the
+    folder found is recorded in the lab state for later verbs.
+    """
     from . import providers, scenario
     state = lab.state()
     s = scenario.load(state["scenario_file"], provider=state.get("provider"))
     topo = Topology.of(s)
     bin_dir = k8s_bin_dir or state.get("k8s_bin_dir")
+    if need_k8s:
+        bin_dir = _resolve_k8s(bin_dir, True)
+        if bin_dir != state.get("k8s_bin_dir"):
+            lab.update(k8s_bin_dir=bin_dir)
     return s, topo, providers.for_lab(lab, topo, bin_dir)
 
 

@@ -25,10 +25,16 @@ def uses_kubespray(scenario) -> bool:
 
 
 def run_deploy(lab: Lab, reset: bool = False, limit: str | None = None, tags: str | None = None,
-               verify: bool = True) -> int:
+               verify: bool = True, k8s_bin_dir: str | None = None) -> int:
     """Deploy, record the result in the lab state, verify; returns the exit code."""
     from . import deploy_static, kubespray
-    s, topo, prov = open_lab(lab)
+    s, topo, prov = open_lab(lab, k8s_bin_dir)
+    if not uses_kubespray(s):
+        # halab's own control plane: its binaries must be found now (after
+        # `halab up --no-deploy` none are recorded yet)
+        s, topo, prov = open_lab(lab, k8s_bin_dir, need_k8s=True)
+        if s.provider == "local":
+            prov.preflight(need_k8s=True)
     if uses_kubespray(s):
         click.echo(f"halab: deploying lab {lab.name} (Case {s.case}) with kubespray "
                    f"{s.kubespray.version}")
@@ -92,9 +98,13 @@ def register(main: click.Group) -> None:
                   help="Passed to ansible-playbook --limit (kubespray only).")
     @click.option("--tags", default=None, metavar="TAGS",
                   help="Passed to ansible-playbook --tags (kubespray only).")
+    @click.option("--k8s-bin-dir", default=None, metavar="DIR", envvar="HALAB_K8S_BIN_DIR",
+                  help="Kubernetes binaries for the static control plane (default: the one "
+                       "`halab up` recorded, else halab's cache).")
     @lab_options
-    def deploy_cmd(lab, reset, limit, tags):
+    def deploy_cmd(lab, reset, limit, tags, k8s_bin_dir):
         """Deploy Kubernetes on the lab (kubespray on admin-lb, or the static control plane),
         write the lab kubeconfig, then verify. Running it again continues a failed deploy."""
         from .cli import handle_errors
-        sys.exit(handle_errors(run_deploy)(lab, reset=reset, limit=limit, tags=tags))
+        sys.exit(handle_errors(run_deploy)(lab, reset=reset, limit=limit, tags=tags,
+                                           k8s_bin_dir=k8s_bin_dir))

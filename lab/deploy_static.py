@@ -36,20 +36,11 @@ def admin_kubeconfig(topo: Topology, pki: dict, current: str | None = None) -> d
                             current=current or kubeconfig.default_context(topo))
 
 
-def worker_kubeconfig(topo: Topology, pki: dict, worker) -> dict:
-    """What the worker's kubelet would use: localhost proxy (Cases 1/2) or the LB name (Case 3)."""
-    path = topo.worker_path(worker)
-    return kubeconfig.build(topo, pki["ca.crt"], pki["admin.crt"], pki["admin.key"],
-                            user=f"{worker.name}-kubelet",
-                            only=[(f"{topo.name}-{worker.name}-kubelet", path.server)])
-
-
 def write_kubeconfigs(lab: Lab, topo: Topology, pki: dict, provider) -> None:
     """The lab kubeconfig on the host; on each worker the one its kubelet path uses."""
     kubeconfig.write(lab.kubeconfig, admin_kubeconfig(topo, pki))
-    for w in topo.workers:
-        provider.put_file(w.name, provider.layout(w.name).p("kubeconfig"),
-                          kubeconfig.dump(worker_kubeconfig(topo, pki, w)), 0o600)
+    kubeconfig.put_worker_kubeconfigs(topo, provider, pki["ca.crt"], pki["admin.crt"],
+                                      pki["admin.key"])
 
 
 def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,

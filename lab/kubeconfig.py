@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -60,6 +61,28 @@ def config(ctxs: list[tuple[str, str]], user: str, ca_pem: bytes, cert_pem: byte
 
 def dump(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def worker(topo: Topology, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, node) -> dict:
+    """What a worker's kubelet would use: its Case's path (localhost proxy in Cases 1/2,
+    the LB name in Case 3); halab's checks and drill probes on the worker use it."""
+    path = topo.worker_path(node)
+    return config([(f"{topo.name}-{node.name}-kubelet", path.server)],
+                  f"{node.name}-kubelet", ca_pem, cert_pem, key_pem)
+
+
+def dump_for_node(config: dict) -> str:
+    """A kubeconfig as JSON (kubectl reads JSON as well as YAML): the drill prober on a
+    node reads it with Python's standard library alone, as a VM may lack PyYAML."""
+    return json.dumps(config, indent=2) + "\n"
+
+
+def put_worker_kubeconfigs(topo: Topology, provider, ca_pem: bytes, cert_pem: bytes,
+                           key_pem: bytes) -> None:
+    """On each worker, the kubeconfig of its kubelet's path (provider.layout(...)/kubeconfig)."""
+    for w in topo.workers:
+        provider.put_file(w.name, provider.layout(w.name).p("kubeconfig"),
+                          dump_for_node(worker(topo, ca_pem, cert_pem, key_pem, w)), 0o600)
 
 
 def write(path: Path, config: dict) -> None:

@@ -442,6 +442,12 @@ def deploy(lab: Lab, topo: Topology, provider, progress: Progress = lambda m: No
                                           f"then run: {resume_command(lab)}")
             else:
                 kube = write_lab_kubeconfig(lab, topo, text, f"{runner}:{admin_conf}", progress)
+                if topo.workers:
+                    # halab's checks and drill probes on a worker go its kubelet's way
+                    ca, cert, key, _ = kc.credentials(yaml.safe_load(text), admin_conf)
+                    kc.put_worker_kubeconfigs(topo, provider, ca, cert, key)
+                    progress(f"worker kubeconfigs ({topo.worker_path(topo.workers[0]).server}) "
+                             f"-> {', '.join(w.name for w in topo.workers)}")
     except KeyboardInterrupt:  # outside ansible (sync, task count): nothing runs on admin-lb
         resume = resume_command(lab, limit, tags, reset=reset and not runs)
         lab.update(deploy={"state": "interrupted", "deployer": "kubespray", "runs": runs,

@@ -24,14 +24,17 @@ class Check:
     advice: str = ""
 
 
-def kubectl_for(provider) -> str:
+def kubectl_for(provider, node: str = "client") -> str:
+    """The kubectl to run on `node` (a VM has its own; locally every node shares the host's)."""
+    if hasattr(provider, "kubectl_on"):
+        return provider.kubectl_on(node)
     return provider.kubectl if getattr(provider, "kubectl", None) else "kubectl"
 
 
 def path_command(lab, topo: Topology, provider, path: AccessPath, timeout: str = "3s",
                  args: tuple = ("get", "--raw", "/readyz")) -> tuple[str, list[str]]:
     """(node to run on, argv) that sends one request along `path`."""
-    kubectl = kubectl_for(provider)
+    kubectl = kubectl_for(provider, path.runs_on)
     if path.runs_on == "client":
         context = (f"{topo.name}-{path.key.split(':', 1)[1]}" if path.key.startswith("direct:")
                    else _external_context(topo))

@@ -9,6 +9,7 @@ leaves this machine. The addresses in it are data for the templates only.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shlex
 import shutil
@@ -366,8 +367,9 @@ def _state_lab(root: Path, name: str) -> Lab:
 def test_cli_static_lab_calls_deploy_static(tmp_path, monkeypatch):
     from lab import deploy_cli, deploy_static
     topo = Topology.of(scenario.load("case2", provider="local"))
-    prov = types.SimpleNamespace()
-    monkeypatch.setattr(deploy_cli, "open_lab", lambda lab: (topo.scenario, topo, prov))
+    checked = []
+    prov = types.SimpleNamespace(preflight=lambda need_k8s: checked.append(need_k8s))
+    monkeypatch.setattr(deploy_cli, "open_lab", lambda lab, *a, **kw: (topo.scenario, topo, prov))
     calls = []
     monkeypatch.setattr(deploy_static, "deploy",
                         lambda lab, topo_, provider, progress: calls.append((lab.name, provider)) or {"seconds": 1.5})
@@ -375,6 +377,7 @@ def test_cli_static_lab_calls_deploy_static(tmp_path, monkeypatch):
     res = _cli("deploy", "--lab", "case2", "--labs-dir", str(tmp_path))
     assert res.exit_code == 0, res.output
     assert calls == [("case2", prov)] and "static control plane" in res.output
+    assert checked == [True]  # the local provider's programs and binaries, before anything
     assert "verify skipped" in res.output  # this provider cannot run the checks
     res = _cli("deploy", "--labs-dir", str(tmp_path), "--reset", "--tags", "etcd")
     assert res.exit_code == 1 and "--reset, --tags only apply to kubespray" in res.output
@@ -384,7 +387,7 @@ def test_cli_static_lab_calls_deploy_static(tmp_path, monkeypatch):
 def test_cli_kubespray_lab_passes_reset_limit_tags(tmp_path, monkeypatch):
     from lab import deploy_cli
     topo = topo_of("case3")
-    monkeypatch.setattr(deploy_cli, "open_lab", lambda lab: (topo.scenario, topo, object()))
+    monkeypatch.setattr(deploy_cli, "open_lab", lambda lab, *a, **kw: (topo.scenario, topo, object()))
     calls = []
 
     def fake_deploy(lab, topo_, provider, progress, limit=None, tags=None, reset=False):
@@ -414,6 +417,22 @@ class FakeVagrant:
         self.asked.append(node)
         s = self.server
         return Remote(s.host, s.port, s.user, s.key_path, name=node)
+
+    # files for a node go over the same real SSH into a folder per node
+    root: Path | None = None
+
+    def layout(self, node):
+        return types.SimpleNamespace(p=lambda name: f"{self.root}/{node}/{name}")
+
+    def put_file(self, node, path, data, mode=0o644):
+        local = self.root / f".upload-{node}"
+        local.write_text(data)
+        r = self.remote(node)
+        try:
+            r.run(f"mkdir -p {Path(path).parent}")
+            r.put(str(local), path, mode=mode)
+        finally:
+            r.close()
 
 
 def fake_inventory(topo: Topology) -> str:
@@ -449,6 +468,8 @@ class LiveLab:
         self.paths = ks.KubesprayPaths(kubespray_dir=str(kubespray_dir), venv=sys.prefix,
                                        fact_cache=str(self.admin_lb / "facts"))
         self.provider = FakeVagrant(server)
+        self.provider.root = tmp_path / "nodes"
+        self.provider.root.mkdir()
         self.messages: list[str] = []
 
     def knobs(self, **values):
@@ -484,7 +505,8 @@ def test_deploy_succeeds_and_writes_the_case_kubeconfig(live, admin_pki, case):
     ll = live(case)
     result = ll.deploy()
     topo, lab = ll.topo, ll.lab
-    assert ll.provider.asked == ["admin-lb"]
+    # kubespray runs on admin-lb; then each worker gets its kubelet path's kubeconfig
+    assert ll.provider.asked == ["admin-lb"] + [w.name for w in topo.workers]
     # progress: every play, tasks with the count estimate from --list-tasks, the recap table
     msgs = ll.messages
     assert any("--list-tasks" in m for m in msgs)
@@ -516,6 +538,16 @@ def test_deploy_succeeds_and_writes_the_case_kubeconfig(live, admin_pki, case):
     assert config["current-context"] == kc.default_context(topo)
     _assert_embedded(config, admin_pki)
     assert (lab.kubeconfig.stat().st_mode & 0o777) == 0o600
+    for w in topo.workers:  # JSON: the drill prober on a worker has no PyYAML there
+        on_worker = ll.provider.root / w.name / "kubeconfig"
+        wc = json.loads(on_worker.read_text())
+        assert [c["cluster"]["server"] for c in wc["clusters"]] == [topo.worker_path(w).server]
+        _assert_embedded(wc, admin_pki)
+        assert (on_worker.stat().st_mode & 0o777) == 0o600
+    if case == "case3":
+        assert topo.worker_path(topo.workers[0]).server == "https://k8s-api.case3.lab:6443"
+    else:
+        assert topo.worker_path(topo.workers[0]).server == "https://localhost:6443"
     artifact = yaml.safe_load((ll.remote_inventory / "artifacts" / "admin.conf").read_text())
     ks_server = artifact["clusters"][0]["cluster"]["server"]
     if case == "case1":
@@ -669,16 +701,16 @@ class VerifyingVagrant(FakeVagrant):
     def haproxy_stat(self, lb, timeout=30):
         return [{"pxname": "k8s-api", "svname": f"k8s-node{i}", "status": "UP"} for i in (1, 2, 3)]
 
-    def layout(self, node):
-        return types.SimpleNamespace(p=lambda name: f"/etc/kubernetes/{name}")
-
 
 @pytest.mark.ssh
 def test_cli_deploy_end_to_end_then_verify(live, sshd_server, monkeypatch):
     from lab import deploy_cli
     ll = live("case2")
     ll.provider = VerifyingVagrant(sshd_server)
-    monkeypatch.setattr(deploy_cli, "open_lab", lambda lab: (ll.topo.scenario, ll.topo, ll.provider))
+    ll.provider.root = ll.lab.path.parent / "nodes"
+    ll.provider.root.mkdir()
+    monkeypatch.setattr(deploy_cli, "open_lab",
+                        lambda lab, *a, **kw: (ll.topo.scenario, ll.topo, ll.provider))
     monkeypatch.setattr(ks, "deploy", partial(ks.deploy, paths=ll.paths, count_tasks_first=False))
     res = _cli("deploy", "--lab", "case2", "--labs-dir", str(ll.lab.path.parent), "--tags", "preinstall,client")
     assert res.exit_code == 0, res.output

@@ -54,9 +54,18 @@ def tls_context(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContex
 
 
 def from_kubeconfig(path: str, context: str | None = None) -> tuple[str, ssl.SSLContext]:
-    """(server URL, TLS context) of a kubeconfig context (embedded data, as halab writes them)."""
-    import yaml
-    cfg = yaml.safe_load(open(path))
+    """(server URL, TLS context) of a kubeconfig context (embedded data, as halab writes them).
+
+    Kubeconfigs halab puts on nodes are JSON (standard library only: a VM may have no
+    PyYAML); the lab kubeconfig on the host is YAML, and the host has PyYAML.
+    """
+    with open(path) as f:
+        text = f.read()
+    try:
+        cfg = json.loads(text)
+    except ValueError:
+        import yaml
+        cfg = yaml.safe_load(text)
     name = context or cfg.get("current-context")
     ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == name)
     cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])

@@ -181,6 +181,13 @@ class VagrantProvider:
             return str(Path(self.k8s_bin_dir) / "kubectl")
         return shutil.which("kubectl") or "kubectl"
 
+    def kubectl_on(self, node: str) -> str:
+        """The kubectl to run on `node`: this host's for the client; on a VM the one the
+        static deployer uploaded (kubespray puts its own on the PATH)."""
+        if node == "client":
+            return self.kubectl
+        return f"{VM_BIN}/kubectl" if self.topo.scenario.deployer == "static" else "kubectl"
+
     def layout(self, node: str) -> controlplane.Layout:
         # nginx runs with halab's own nginx.conf: the stream module is loaded there
         from .local import NGINX_STREAM_MODULE
