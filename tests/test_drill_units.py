@@ -519,3 +519,59 @@ def test_drill_cli_lists_every_fault_and_plans_for_a_scenario():
     r = CliRunner().invoke(main, ["drill", "plan", "--scenario", "case1"])
     assert r.exit_code == 0 and "refused: stop-lb" in r.output
     assert "halab drill kill admin-lb" not in r.output  # Case 1: no LB to kill in the plan
+
+
+# ------------------------------------------------------------------ a node's clock
+
+SKEWED_WORKER = r"""
+import json, sys, time
+# a node whose clock is 7 s ahead of this host's: one result at once, one 0.3 s later
+for _ in range(2):
+    t = time.time() + 7.0
+    print(json.dumps({"t": t, "ok": True, "lat": 0.01}), flush=True)
+    time.sleep(0.3)
+"""
+
+
+class _Popen:
+    def popen(self, node, argv, **kw):
+        return subprocess.Popen(argv, **kw)
+
+
+def test_results_from_a_node_are_put_on_the_hosts_clock():
+    from lab.drill.engine import Collector, ProbeSpec
+    argv = [sys.executable, "-c", SKEWED_WORKER]
+    specs = [ProbeSpec("worker:k8s-node4", "read", "k8s-node4", argv),
+             ProbeSpec("external", "read", "client", argv)]
+    c = Collector(topo("case1"), _Popen(), specs)   # no LB to poll
+    c.start()
+    try:
+        for proc in (p for _, p in c.procs):
+            proc.wait(timeout=30)
+    finally:
+        c.stop()
+    now = __import__("time").time()
+    snap = c.snapshot()
+    on_node = snap["probes"]["worker:k8s-node4"]
+    assert len(on_node) == 2
+    # corrected: no result "from the future" of this host
+    assert all(r["t"] + r["lat"] <= now for r in on_node), on_node
+    assert -7.2 < snap["clock_offsets"]["worker:k8s-node4"] < -6.8
+    # the client runs on this host: its clock is ours, left as it is
+    assert all(r["t"] > now + 5 for r in snap["probes"]["external"])
+    assert "external" not in snap["clock_offsets"]
+
+
+def test_live_line_shows_what_just_came_back_or_how_long_a_path_has_been_silent():
+    from lab.drill.engine import live_mark
+    now = 1000.0
+    ok = lambda t, lat=0.05: {"t": t, "ok": True, "lat": lat}  # noqa: E731
+    bad = lambda t, lat=0.05: {"t": t, "ok": False, "lat": lat}  # noqa: E731
+    assert live_mark([], now, 0.2) == "--"
+    assert live_mark([ok(999.5), ok(999.7)], now, 0.2) == "ok"
+    assert live_mark([ok(999.5), bad(999.7)], now, 0.2) == "1/2FAIL"
+    # a probe that started 14 s ago and just timed out counts now, not 15 s later
+    assert live_mark([bad(985.5, lat=14.4)], now, 1.0) == "1/1FAIL"
+    # nothing back for 12 s: the probes hang (a powered-off server, 15 s timeout)
+    assert live_mark([ok(988.0)], now, 1.0) == "stall 12s"
+    assert live_mark([ok(998.0)], now, 1.0) == "--"   # between two slow probes

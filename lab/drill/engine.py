@@ -107,6 +107,20 @@ def path_context(topo, path) -> str | None:
     return default_context(topo)
 
 
+def live_mark(recs: list[dict], now: float, interval: float) -> str:
+    """One path in the live line: results that ended in the last second or so (`ok`,
+    `2/3FAIL`), or `stall 12s` when none has come back for a while (probes hang)."""
+    window = max(1.0, interval) + 0.5
+    recent = [r for r in recs if now - window <= r["t"] + r.get("lat", 0.0) <= now]
+    if recent:
+        fails = sum(1 for r in recent if not r["ok"])
+        return "ok" if not fails else f"{fails}/{len(recent)}FAIL"
+    if not recs:
+        return "--"
+    age = now - max(r["t"] + r.get("lat", 0.0) for r in recs)
+    return f"stall {age:.0f}s" if age >= 2 * window else "--"
+
+
 def observer(topo, targets: list[str]) -> str:
     """A control plane the fault does not touch: writes and leases are read through it."""
     for cp in topo.control_planes:
@@ -203,6 +217,7 @@ class Collector:
         self.haproxy: list = []     # [t, lb, server, status, check_status] on change
         self.vip: list = []         # [t, [holders]] on change
         self.etcd_ids: dict = {}
+        self.clock_offsets: dict[str, float] = {}  # per probe on a node: its clock vs ours
         self.stderr: dict[str, list] = defaultdict(list)
         self.procs: list = []
         self.threads: list = []
@@ -229,10 +244,13 @@ class Collector:
 
     def _read(self, spec: ProbeSpec, proc) -> None:
         for line in proc.stdout:
+            received = time.time()
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue
+            if spec.node != CLIENT and isinstance(rec.get("t"), (int, float)):
+                rec["t"] = rec["t"] + self._clock_offset(spec.key, rec, received)
             with self.lock:
                 if spec.mode in ("read", "write", "canary"):
                     row = {"t": rec["t"], "ok": rec["ok"], "lat": rec.get("lat", 0.0)}
@@ -245,6 +263,19 @@ class Collector:
                     self._lease(rec)
                 elif spec.mode == "etcd":
                     self._etcd(rec)
+
+    def _clock_offset(self, key: str, rec: dict, received: float) -> float:
+        """Seconds to add to a node's timestamps to put them on this host's clock.
+
+        A VM's clock can be off by seconds (no NTP in an offline lab, emulated timers).
+        A result cannot arrive before it ended, so `received - (t + lat)` is the clock
+        difference plus the transport delay; its minimum so far is the best estimate.
+        """
+        seen = received - (rec["t"] + rec.get("lat", 0.0))
+        with self.lock:
+            best = min(self.clock_offsets.get(key, seen), seen)
+            self.clock_offsets[key] = best
+        return best
 
     def _read_err(self, spec: ProbeSpec, proc) -> None:
         for line in proc.stderr:
@@ -332,7 +363,8 @@ class Collector:
         with self.lock:
             return {"probes": {k: list(v) for k, v in self.probes.items()},
                     "leases": list(self.leases), "etcd": list(self.etcd),
-                    "haproxy": list(self.haproxy), "vip": list(self.vip)}
+                    "haproxy": list(self.haproxy), "vip": list(self.vip),
+                    "clock_offsets": {k: round(v, 3) for k, v in self.clock_offsets.items()}}
 
 
 # ------------------------------------------------------------------ the lab's state
@@ -511,8 +543,8 @@ class Drill:
             "scenario": self.scenario.name, "scenario_file": self.scenario.source,
             "case": self.topo.case, "provider": self.scenario.provider,
             "fault": self.fault, "targets": self.targets,
-            "fault_summary": faultlib.FAULTS[self.fault].summary,
-            "restore_summary": faultlib.FAULTS[self.fault].restore,
+            "fault_summary": faultlib.described(self.fault, self.scenario.provider)[0],
+            "restore_summary": faultlib.described(self.fault, self.scenario.provider)[1],
             "runbook": self.runbook, "settings": s.as_dict(),
             "timing": expect.timing(self.scenario), "status": "starting",
             "times": {"started": round(t0, 3)}, "errors": [], "quorum_loss": self.quorum_loss,
@@ -705,13 +737,10 @@ class Drill:
         for spec in self.collector.specs:
             if spec.mode not in ("read", "write"):
                 continue
-            recs = [r for r in self.collector.since(spec.key, now - 1.0 - self.s.probe_timeout)
-                    if r["t"] < now - self.s.probe_timeout]
-            fails = sum(1 for r in recs if not r["ok"])
+            every = self.s.write_interval if spec.mode == "write" else self.s.probe_interval
+            recs = self.collector.since(spec.key, now - 60.0 - self.s.probe_timeout)
             short = spec.key.replace("direct:", "").replace("worker:", "w:")
-            mark = "ok" if recs and not fails else ("--" if not recs else
-                                                    f"{fails}/{len(recs)}FAIL")
-            parts.append(f"{short} {mark}")
+            parts.append(f"{short} {live_mark(recs, now, every)}")
         self.echo(f"    +{now - t_inj:4.1f}s " + " | ".join(parts))
 
     def _observe_recovery(self) -> None:
