@@ -288,10 +288,12 @@ def _via_haproxy(topo, fault, targets, ctx, tm) -> list[_Effect]:
     hit_lbs = [t for t in targets if t in lbs and fault in LB_LOST]
     if hit_lbs:
         if len(lbs) == 1:
+            spof = ("a single point of failure for the whole cluster (Case 3 without a "
+                    "keepalived pair)" if topo.case == 3 else
+                    f"a single point of failure for external access only (Case {topo.case}: "
+                    "the nodes do not use it)")
             effects.append(_Effect("down", _hows(fault, hit_lbs[0]) + "; it is the only load "
-                                   "balancer (Case 3 without keepalived: a single point of "
-                                   "failure" + (" for the whole cluster)" if topo.case == 3
-                                                else " for external access)")))
+                                   "balancer: " + spof))
         else:
             holder = ctx.vip_holder
             live = [lb for lb in lbs if lb not in hit_lbs]

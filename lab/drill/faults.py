@@ -47,6 +47,31 @@ FAULTS = {f.name: f for f in (
           ("control_plane", "worker", "admin_lb", "etcd")),
 )}
 
+# the same faults on VMs, where the hypervisor and the VM's own tools do them
+ON_VMS = {
+    "kill": ("power the VM off (`virsh destroy` / `VBoxManage controlvm NAME poweroff`, not "
+             "a shutdown: packets vanish, no RST, clients wait for their timeouts)",
+             "boot the VM again (`vagrant up --no-provision`) and start its services"),
+    "stop-apiserver": ("stop kube-apiserver gracefully (kubespray: its static-pod manifest is "
+                       "moved out of /etc/kubernetes/manifests; static: `systemctl stop`): the "
+                       "port closes, connections are refused",
+                       "start kube-apiserver again (the manifest moved back)"),
+    "freeze": ("pause the VM in the hypervisor (`virsh suspend` / `VBoxManage controlvm NAME "
+               "pause`): nothing on it runs or answers, TCP peers see silence",
+               "resume the VM"),
+    "partition": ("drop every packet on the VM's lab NIC (iptables): its processes run on, "
+                  "nobody on the lab network reaches them", "remove the iptables rules (heal)"),
+}
+
+
+def described(name: str, provider: str) -> tuple[str, str]:
+    """(what the fault does, how it is undone) in the words of the lab's provider."""
+    f = fault(name)
+    if provider != "local" and name in ON_VMS:
+        return ON_VMS[name]
+    return f.summary, f.restore
+
+
 # what a fault takes away from its node
 APISERVER_LOST = {"kill", "freeze", "partition", "stop-apiserver"}
 ETCD_LOST = {"kill", "freeze", "partition", "stop-etcd"}
@@ -225,7 +250,8 @@ def restore_all(lab, topo, provider, nodes: list[str] | None = None,
     # thaw/heal before power-on: a restored etcd member wants its peers reachable
     order = sorted(faults.items(), key=lambda kv: kv[1] == "kill")
     for node, name in order:
-        progress(f"restore {name} on {node}: {FAULTS[name].restore if name in FAULTS else '?'}")
+        how = described(name, topo.scenario.provider)[1] if name in FAULTS else "?"
+        progress(f"restore {name} on {node}: {how}")
         restore(provider, specs, name, node)
         forget(lab, node)
         lab.event("drill:restore", node=node, fault=name)

@@ -30,9 +30,9 @@ def plan_cases(topo: Topology, fault: str | None, targets: list[str]) -> list[tu
 
 def render_plan(topo: Topology, fault: str, targets: list[str], ctx: expect.Context,
                 width: int = 100) -> str:
-    f = faultlib.FAULTS[fault]
+    summary, restore = faultlib.described(fault, topo.scenario.provider)
     head = f"halab drill {fault} {' '.join(targets)}".rstrip()
-    lines = [head, "-" * len(head), textwrap.fill(f"{f.summary}; restore: {f.restore}.",
+    lines = [head, "-" * len(head), textwrap.fill(f"{summary}; restore: {restore}.",
                                                   width, subsequent_indent="  ")]
     try:
         targets = faultlib.resolve_targets(topo, fault, targets, ctx.vip_holder)
