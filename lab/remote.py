@@ -8,6 +8,7 @@ command into a :class:`Result` and every connection problem into a
 
 from __future__ import annotations
 
+import logging
 import shlex
 import socket
 import threading
@@ -19,6 +20,12 @@ from typing import Callable, Iterable, Optional
 from lab.errors import HalabError
 
 LineCallback = Callable[[str], None]
+
+# paramiko logs a dropped connection ("Socket exception: Connection reset by peer")
+# from its transport thread; without a handler Python prints it on the terminal, in
+# the middle of a drill's output (a killed VM drops its sessions by design). halab
+# reports connection problems itself, as HalabError naming the host.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 #: exit code used for a command that timed out (like coreutils ``timeout``)
 EXIT_TIMEOUT = 124

@@ -552,7 +552,8 @@ def test_results_from_a_node_are_put_on_the_hosts_clock():
         c.stop()
     now = __import__("time").time()
     snap = c.snapshot()
-    on_node = snap["probes"]["worker:k8s-node4"]
+    # (the worker then exits, as a dead node's would: what follows are gaps)
+    on_node = [r for r in snap["probes"]["worker:k8s-node4"] if not r.get("gap")]
     assert len(on_node) == 2
     # corrected: no result "from the future" of this host
     assert all(r["t"] + r["lat"] <= now for r in on_node), on_node
@@ -575,3 +576,59 @@ def test_live_line_shows_what_just_came_back_or_how_long_a_path_has_been_silent(
     # nothing back for 12 s: the probes hang (a powered-off server, 15 s timeout)
     assert live_mark([ok(988.0)], now, 1.0) == "stall 12s"
     assert live_mark([ok(998.0)], now, 1.0) == "--"   # between two slow probes
+
+
+DYING_WORKER = r"""
+import json, os, sys, time
+first = not os.path.exists(sys.argv[1])
+open(sys.argv[1], "a").close()
+# the first run answers twice and dies with its node; the next one answers on
+for _ in range(2 if first else 3):
+    print(json.dumps({"t": time.time(), "ok": True, "lat": 0.01}), flush=True)
+    time.sleep(0.1)
+if first:
+    sys.exit(255)          # what ssh says when the VM is gone
+time.sleep(30)
+"""
+
+
+def test_a_worker_that_dies_with_its_node_is_restarted_and_its_gap_counts_as_down(
+        tmp_path, monkeypatch):
+    from lab.drill import engine
+    monkeypatch.setattr(engine, "WORKER_RESTART", 0.5)
+    argv = [sys.executable, "-c", DYING_WORKER, str(tmp_path / "ran")]
+    spec = engine.ProbeSpec("worker:k8s-node4", "read", "k8s-node4", argv, interval=0.1)
+    c = engine.Collector(topo("case1"), _Popen(), [spec])
+    c.start()
+    try:
+        deadline = __import__("time").monotonic() + 20
+        while len([r for r in c.since(spec.key, 0) if r["ok"]]) < 5:
+            assert __import__("time").monotonic() < deadline, c.since(spec.key, 0)
+            __import__("time").sleep(0.05)
+        assert c.dead_workers() == []     # supervised: gone, then back
+    finally:
+        c.stop()
+    rows = c.snapshot()["probes"][spec.key]
+    gaps = [r for r in rows if r.get("gap")]
+    # ~0.5 s without a worker: about five probes that could not run, failed, in order
+    assert 3 <= len(gaps) <= 12, rows
+    assert all(not r["ok"] and "k8s-node4" in r["err"] and "down" in r["err"] for r in gaps)
+    assert [r["t"] for r in rows] == sorted(r["t"] for r in rows)
+    assert c.snapshot()["prober_restarts"] == {spec.key: 1}
+
+
+def test_a_node_worker_that_never_answered_is_reported_dead_not_restarted():
+    from lab.drill import engine
+    argv = [sys.executable, "-c", "import sys; sys.exit('ModuleNotFoundError: yaml')"]
+    spec = engine.ProbeSpec("worker:k8s-node4", "read", "k8s-node4", argv)
+    c = engine.Collector(topo("case1"), _Popen(), [spec])
+    c.start()
+    try:
+        deadline = __import__("time").monotonic() + 10
+        while not c.dead_workers():
+            assert __import__("time").monotonic() < deadline
+            __import__("time").sleep(0.05)
+        assert "ModuleNotFoundError" in c.dead_workers()[0]
+    finally:
+        c.stop()
+    assert c.snapshot()["prober_restarts"] == {}

@@ -1,15 +1,18 @@
-"""`halab up` of a small libvirt lab on real VMs (QEMU emulation), driven through the CLI.
+"""A small Case 2 lab on real VMs (QEMU emulation), driven through the CLI: up, the
+static deployer, verify, two drills with real faults, ssh, halt, up, destroy.
 
-Everything runs inside the test bed's network namespace (tests/support/vmtestbed.py):
-halab, vagrant, libvirtd and every SSH connection. Timings are printed for the README.
+admin-lb (HAProxy, NFS) + one control plane + one worker with its nginx proxy. The
+drills are the Case 2 promises that one control plane can show: HAProxy on its own VM
+stopped costs external access only (the worker keeps its local proxy), and a worker
+powered off (`virsh destroy`) and booted again loses only its own path. Everything
+runs inside the test bed's network namespace (tests/support/vmtestbed.py): halab,
+vagrant, libvirtd and every SSH connection. Timings are printed for the README.
 """
 from __future__ import annotations
 
 import json
 
 import pytest
-
-
 
 pytestmark = pytest.mark.vm
 
@@ -45,11 +48,37 @@ def lab_dir(vm_testbed, tmp_path_factory):  # noqa: F811
     vm_testbed.run(["halab", "destroy", "--force"], cwd=work, timeout=600, check=False)
 
 
-def test_up_status_ssh_halt_destroy(vm_testbed, lab_dir):  # noqa: F811
+def test_up_deploy_drills_ssh_halt_destroy(vm_testbed, lab_dir):  # noqa: F811
     tb = vm_testbed
     timings = {}
     cp, timings["up"] = tb.halab(["up", str(lab_dir / "vmt.yaml"), "--no-deploy"], lab_dir)
-    assert "is up" in cp.stdout
+    assert "is up" in cp.stdout and "next: halab deploy" in cp.stdout
+    # deploy on its own (after `up --no-deploy` it finds the Kubernetes binaries itself)
+    cp, timings["deploy (static)"] = tb.halab(["deploy"], lab_dir)
+    assert "all 7 checks passed" in cp.stdout, cp.stdout
+    for node, unit in (("k8s-node1", "halab-kube-apiserver"), ("k8s-node2", "halab-nginx-proxy")):
+        cp, _ = tb.halab(["ssh", node, "--", "systemctl", "is-active", unit], lab_dir)
+        assert cp.stdout.strip() == "active"
+    cp, timings["verify"] = tb.halab(["verify"], lab_dir)
+    assert "worker:k8s-node2 (https://localhost:6443)" in cp.stdout and "OK" in cp.stdout
+
+    # Case 2's promise with the LB on its own VM: external access lost, the worker keeps
+    # its own path through its nginx proxy
+    j, timings["drill stop-lb"] = _drill(tb, lab_dir, "stop-lb")
+    paths = j["verdict"]["paths"]
+    assert paths["external"]["measured"] == "down", paths
+    assert paths["worker:k8s-node2"]["failures"] == 0 and paths["write"]["failures"] == 0, paths
+    # a real power-off of the worker, then a real boot: only its own path is lost, and
+    # the probe worker that died with the VM comes back with it
+    j, timings["drill kill worker"] = _drill(tb, lab_dir, "kill", "k8s-node2")
+    paths = j["verdict"]["paths"]
+    assert paths["worker:k8s-node2"]["measured"] == "down", paths
+    for key in ("external", "direct:k8s-node1", "write"):
+        assert paths[key]["failures"] == 0, paths
+    assert j["prober_restarts"].get("worker:k8s-node2", 0) >= 1
+    assert any(p["ok"] for p in j["probes"]["worker:k8s-node2"]
+               if p["t"] > j["times"]["restored"]), "the worker's path never answered again"
+    timings["kill: boot and services"] = j["times"]["restored"] - j["times"]["restore_start"]
 
     cp, _ = tb.halab(["status"], lab_dir, check=False)
     for node in ("admin-lb", "k8s-node1", "k8s-node2"):
@@ -83,6 +112,9 @@ def test_up_status_ssh_halt_destroy(vm_testbed, lab_dir):  # noqa: F811
     cp, timings["second up"] = tb.halab(["up", str(lab_dir / "vmt.yaml"), "--no-deploy"],
                                      lab_dir)
     assert "already running" in cp.stdout
+    # a second deploy uploads nothing (the binaries are there, checked by digest)
+    cp, timings["second deploy"] = tb.halab(["deploy"], lab_dir)
+    assert "uploaded" not in cp.stdout and "all 7 checks passed" in cp.stdout, cp.stdout
 
     cp, timings["halt"] = tb.halab(["halt", "k8s-node1"], lab_dir)
     cp, _ = tb.halab(["status"], lab_dir, check=False)
@@ -98,3 +130,14 @@ def test_up_status_ssh_halt_destroy(vm_testbed, lab_dir):  # noqa: F811
     gs = tb.run(["vagrant", "global-status", "--prune"], cwd=lab_dir).stdout
     assert "vmt" not in gs
     print("\nVM lab timings (s): " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
+
+
+def _drill(tb, lab_dir, *args) -> tuple[dict, float]:
+    """`halab drill ARGS`: exit 0 (as expected on every path); returns (journal, seconds)."""
+    cp, seconds = tb.halab(["drill", *args], lab_dir, timeout=1500, check=False)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "VERDICT: as expected on every path" in cp.stdout
+    journals = sorted((lab_dir / ".halab" / "vmt" / "drills").glob("*.json"))
+    journal = json.loads(journals[-1].read_text())
+    assert journal["verdict"]["healthy_after"] is True
+    return journal, seconds

@@ -94,6 +94,11 @@ class ProbeSpec:
     mode: str
     node: str         # where it runs: "client" or a node name
     argv: list = field(default_factory=list)
+    interval: float = 0.2   # seconds between two probes
+
+
+# a probe worker on a node dies with its node (a VM powered off): try again this often
+WORKER_RESTART = 3.0
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -149,13 +154,14 @@ def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[Pr
         specs.append(ProbeSpec(p.key, "read", node, prober_argv(provider, node) + [
             "--mode", "read", "--kubeconfig", kc, *(["--context", ctx] if ctx else []),
             "--path", s.probe_path,
-            "--interval", str(s.probe_interval), "--timeout", str(s.probe_timeout)]))
+            "--interval", str(s.probe_interval), "--timeout", str(s.probe_timeout)],
+            s.probe_interval))
     obs = f"{topo.name}-{observer(topo, targets)}"
     kc = str(lab.kubeconfig)
     wt = max(s.probe_timeout, 2.0)
     specs.append(ProbeSpec("write", "write", CLIENT, base + [
         "--mode", "write", "--kubeconfig", kc, "--context", obs, "--label", label,
-        "--interval", str(s.write_interval), "--timeout", str(wt)]))
+        "--interval", str(s.write_interval), "--timeout", str(wt)], s.write_interval))
     specs.append(ProbeSpec("leases", "lease", CLIENT, base + [
         "--mode", "lease", "--kubeconfig", kc, "--context", obs,
         "--interval", str(s.lease_interval), "--timeout", str(wt)]))
@@ -218,6 +224,8 @@ class Collector:
         self.vip: list = []         # [t, [holders]] on change
         self.etcd_ids: dict = {}
         self.clock_offsets: dict[str, float] = {}  # per probe on a node: its clock vs ours
+        self.outages: dict[str, float] = {}   # a node's worker is gone since (see _supervise)
+        self.restarts: dict[str, int] = {}
         self.stderr: dict[str, list] = defaultdict(list)
         self.procs: list = []
         self.threads: list = []
@@ -226,16 +234,62 @@ class Collector:
     # --- probe workers
     def start(self) -> None:
         for spec in self.specs:
-            proc = self.provider.popen(spec.node, spec.argv, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                       text=True, bufsize=1)
-            self.procs.append((spec, proc))
-            self._thread(self._read, spec, proc)
-            self._thread(self._read_err, spec, proc)
+            proc = self._launch(spec)
+            self._thread(self._supervise, spec, proc)
         for lb in self.topo.load_balancers:
             self._thread(self._poll_haproxy, lb.name)
         if len(self.topo.load_balancers) > 1:
             self._thread(self._poll_vip)
+
+    def _launch(self, spec: ProbeSpec):
+        proc = self.provider.popen(spec.node, spec.argv, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                   text=True, bufsize=1)
+        with self.lock:
+            self.procs.append((spec, proc))
+        self._thread(self._read_err, spec, proc)
+        return proc
+
+    def _supervise(self, spec: ProbeSpec, proc) -> None:
+        """Read a worker's results; a worker on a node is started again when it dies.
+
+        A worker on a node dies with the node (a powered-off VM takes its SSH session
+        along). While it is gone nothing probes that path, but its client (the node's
+        kubelet) is down too: each probe that could not run is recorded as a failure
+        marked `gap`, from the end of its last result until the new worker answers.
+        """
+        while True:
+            self._read(spec, proc)
+            proc.wait()
+            if spec.node == CLIENT or self.stopping.is_set():
+                return    # a client-side worker that dies is an error the engine reports
+            with self.lock:
+                if self.probes.get(spec.key) or spec.key in self.outages:
+                    last = self.probes[spec.key][-1] if self.probes.get(spec.key) else None
+                    self.outages.setdefault(spec.key, last["t"] + last["lat"] if last
+                                            else time.time())
+                else:
+                    return    # never produced a result: a broken worker, not a dead node
+            while not self.stopping.wait(WORKER_RESTART):
+                try:
+                    proc = self._launch(spec)
+                    with self.lock:
+                        self.clock_offsets.pop(spec.key, None)  # a rebooted node's clock
+                        self.restarts[spec.key] = self.restarts.get(spec.key, 0) + 1
+                    break
+                except Exception as exc:  # noqa: BLE001 - the node may still be booting
+                    self.stderr[spec.key].append(f"restart: {exc}")
+            else:
+                return
+
+    def _gap(self, spec: ProbeSpec, since: float, until: float) -> list[dict]:
+        """The probes that could not run between `since` and `until` (see _supervise)."""
+        out, t = [], since + spec.interval
+        while t < until:
+            out.append({"t": round(t, 3), "ok": False, "lat": spec.interval, "gap": True,
+                        "err": f"no probe: {spec.node}, where this client runs, is down"})
+            t += spec.interval
+        return out
 
     def _thread(self, fn, *args) -> None:
         t = threading.Thread(target=fn, args=args, daemon=True)
@@ -252,6 +306,9 @@ class Collector:
             if spec.node != CLIENT and isinstance(rec.get("t"), (int, float)):
                 rec["t"] = rec["t"] + self._clock_offset(spec.key, rec, received)
             with self.lock:
+                if spec.key in self.outages and spec.mode in ("read", "write"):
+                    self.probes[spec.key] += self._gap(spec, self.outages.pop(spec.key),
+                                                       rec["t"])
                 if spec.mode in ("read", "write", "canary"):
                     row = {"t": rec["t"], "ok": rec["ok"], "lat": rec.get("lat", 0.0)}
                     if not rec["ok"]:
@@ -337,20 +394,39 @@ class Collector:
     # --- queries
     def since(self, key: str, t0: float) -> list:
         with self.lock:
-            return [r for r in self.probes.get(key, []) if r["t"] >= t0]
+            return [r for r in self._with_gaps(key) if r["t"] >= t0]
+
+    def _with_gaps(self, key: str) -> list:
+        rows = self.probes.get(key, [])
+        if key in self.outages:     # still gone: the probes it missed so far
+            spec = next(s for s in self.specs if s.key == key)
+            rows = rows + self._gap(spec, self.outages[key], time.time())
+        return rows
 
     def dead_workers(self) -> list[str]:
+        """Workers that are gone for good: a client's, or a node's that never answered."""
+        with self.lock:
+            procs = list(self.procs)
+            supervised = {k for k in self.specs_on_nodes() if self.probes.get(k)
+                          or k in self.outages}
+        latest = {spec.key: (spec, proc) for spec, proc in procs}
         return [f"{spec.key}: exited {proc.returncode}: "
                 + (self.stderr[spec.key][-1] if self.stderr[spec.key] else "no output")
-                for spec, proc in self.procs if proc.poll() is not None]
+                for spec, proc in latest.values()
+                if proc.poll() is not None and spec.key not in supervised]
+
+    def specs_on_nodes(self) -> list[str]:
+        return [s.key for s in self.specs if s.node != CLIENT]
 
     def stop(self) -> None:
         self.stopping.set()
-        for _, proc in self.procs:
+        with self.lock:
+            procs = list(self.procs)
+        for _, proc in procs:
             if proc.poll() is None:
                 proc.terminate()
         deadline = time.monotonic() + 3
-        for _, proc in self.procs:
+        for _, proc in procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -361,7 +437,8 @@ class Collector:
 
     def snapshot(self) -> dict:
         with self.lock:
-            return {"probes": {k: list(v) for k, v in self.probes.items()},
+            return {"probes": {k: list(self._with_gaps(k)) for k in self.probes},
+                    "prober_restarts": dict(self.restarts),
                     "leases": list(self.leases), "etcd": list(self.etcd),
                     "haproxy": list(self.haproxy), "vip": list(self.vip),
                     "clock_offsets": {k: round(v, 3) for k, v in self.clock_offsets.items()}}

@@ -158,6 +158,11 @@ class VagrantProvider:
         self._upload_file(node, local, VM_PROBER, 0o644)
         return ["python3", VM_PROBER]
 
+    def _ssh_user(self, node: str) -> str | None:
+        """The login user of `node` from the lab's ssh_config (no connection needed)."""
+        from paramiko import SSHConfig
+        return SSHConfig.from_path(str(self.ssh_config_file())).lookup(node).get("user")
+
     def popen(self, node: str, argv: list[str], **kw) -> subprocess.Popen:
         """A long-running command: on the host for the client, else over one SSH session.
 
@@ -166,9 +171,12 @@ class VagrantProvider:
         """
         if node == "client":
             return subprocess.Popen(argv, **kw)
-        cmd = remotelib.sudo_wrap(shlex.join(argv), self.remote(node).user)
+        cmd = remotelib.sudo_wrap(shlex.join(argv), self._ssh_user(node))
+        # ConnectTimeout: a worker on a VM that is booting again is retried (the drill's
+        # collector), not left hanging in TCP's SYN retries for two minutes
         return subprocess.Popen(["ssh", "-F", str(self.ssh_config_file()), "-T",
-                                 "-o", "BatchMode=yes", "-o", "ServerAliveInterval=5",
+                                 "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                                 "-o", "ServerAliveInterval=5",
                                  "-o", "ServerAliveCountMax=3", node, cmd], **kw)
 
     def ssh_argv(self, node: str, command: list[str]) -> list[str]:
@@ -453,6 +461,8 @@ class VagrantProvider:
         """Boot the VM again; its units start at boot, and are started again to be sure."""
         self._remotes.pop(node, None)
         self.vagrant.run(["up", node, "--no-provision"], "up", timeout=1200)
+        # its management address may have changed with the boot: ask vagrant again
+        (self.lab.path / "ssh_config").unlink(missing_ok=True)
         units = [service_unit(self.topo.scenario.deployer, s.name)
                  for s in specs if s.node == node]
         if units:
