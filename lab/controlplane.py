@@ -21,7 +21,12 @@ ETCD_PEER_PORT = 2380
 # queue behind it: the service IP/nodePort repair checks then hit the 1 min request
 # timeout, which is fatal for them (the API server exits and starts over). More time
 # for every request, and no priority-and-fairness bookkeeping, let it finish.
-EMULATED_APISERVER_FLAGS = ("--request-timeout=5m0s", "--enable-priority-and-fairness=false")
+# Without the watch cache an idle API server uses a third of the CPU (measured natively:
+# 1.3 % -> 0.4 % of a core): on 2 host cores, the CPU the next emulated control plane
+# needs to start. Reads without a resourceVersion go to etcd either way (the drills'
+# probes), so the failover behaviour stays the same.
+EMULATED_APISERVER_FLAGS = ("--request-timeout=5m0s", "--enable-priority-and-fairness=false",
+                            "--watch-cache=false")
 # controller-manager and scheduler start once their node's API server answers (a
 # kubelet starts them together and lets them crash-loop, which costs an emulated VM
 # the CPU its API server needs to come up)

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 
-# Opt-in: on a 2-core machine three emulated control planes start in 15-25 minutes
-# (each API server 2-15 min, the last one starved by the other two), beyond what
-# CI can afford and not reliably within halab's 15 min readiness wait. One run here
-# passed the drill with the verdict "as expected"; the next one timed out in `up`.
+# Runs in CI. On this 2-core machine without usable KVM (QEMU emulation) the whole
+# module took 14 min (up + static deploy 7.7 min, the kill drill 4.3 min) with the
+# emulated API servers' watch cache off, 20 min with it on (10.4 + 6.6 min).
+# HALAB_VM_DRILL=0 leaves it out on a machine that cannot afford it.
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(
-    os.environ.get("HALAB_VM_DRILL") != "1",
-    reason="opt-in (HALAB_VM_DRILL=1): 4 emulated VMs with a 3-member control plane need "
-           "more CPU than CI's 2 cores give them in time")]
+    os.environ.get("HALAB_VM_DRILL") == "0",
+    reason="HALAB_VM_DRILL=0: the VM drill (4 emulated VMs, 14-20 min) was left out")]
 
 LAB = "vmd"
 NODES = ("admin-lb", "k8s-node1", "k8s-node2", "k8s-node3")
