@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,25 +26,34 @@ class Check:
     advice: str = ""
 
 
-def kubectl_for(provider, node: str = "client") -> str:
-    """The kubectl to run on `node` (a VM has its own; locally every node shares the host's)."""
-    if hasattr(provider, "kubectl_on"):
-        return provider.kubectl_on(node)
+def kubectl_for(provider) -> str:
     return provider.kubectl if getattr(provider, "kubectl", None) else "kubectl"
+
+
+def prober_argv(provider, node: str) -> list[str]:
+    """How halab's prober starts on `node`: the provider may ship it there first (a VM)."""
+    if hasattr(provider, "prober_argv"):
+        return provider.prober_argv(node)
+    return [sys.executable, "-m", "lab.drill.prober"]
 
 
 def path_command(lab, topo: Topology, provider, path: AccessPath, timeout: str = "3s",
                  args: tuple = ("get", "--raw", "/readyz")) -> tuple[str, list[str]]:
-    """(node to run on, argv) that sends one request along `path`."""
-    kubectl = kubectl_for(provider, path.runs_on)
-    if path.runs_on == "client":
-        context = (f"{topo.name}-{path.key.split(':', 1)[1]}" if path.key.startswith("direct:")
-                   else _external_context(topo))
-        kc = str(lab.kubeconfig)
-        return "client", [kubectl, f"--kubeconfig={kc}", f"--context={context}",
-                          f"--request-timeout={timeout}", *args]
-    kc = provider.layout(path.runs_on).p("kubeconfig")
-    return path.runs_on, [kubectl, f"--kubeconfig={kc}", f"--request-timeout={timeout}", *args]
+    """(client, kubectl argv) that sends one request along a client-side `path`."""
+    if path.runs_on != "client":
+        raise ValueError(f"{path.key} runs on {path.runs_on}: use node_probe_command")
+    context = (f"{topo.name}-{path.key.split(':', 1)[1]}" if path.key.startswith("direct:")
+               else _external_context(topo))
+    return "client", [kubectl_for(provider), f"--kubeconfig={lab.kubeconfig}",
+                      f"--context={context}", f"--request-timeout={timeout}", *args]
+
+
+def node_probe_command(prober: list[str], kubeconfig: str, seconds: float) -> list[str]:
+    """One GET /readyz by halab's stdlib prober on a node, with the kubeconfig of the
+    node's kubelet path: a worker has no kubectl (kubespray installs it on control
+    planes only), but every node that kubespray or halab manages has python3."""
+    return [*prober, "--mode", "read", "--kubeconfig", kubeconfig, "--path", "/readyz",
+            "--count", "1", "--timeout", f"{seconds:g}"]
 
 
 def _external_context(topo: Topology) -> str:
@@ -51,13 +62,33 @@ def _external_context(topo: Topology) -> str:
 
 
 def check_path(lab, topo, provider, path: AccessPath, timeout: str = "3s") -> Check:
-    node, argv = path_command(lab, topo, provider, path, timeout)
-    cp = provider.run(node, argv, timeout=15)
-    out = (cp.stdout or "").strip()
-    ok = cp.returncode == 0 and out == "ok"
-    detail = "ok" if ok else _first_line(cp.stderr or out)
+    if path.runs_on == "client":
+        node, argv = path_command(lab, topo, provider, path, timeout)
+        cp = provider.run(node, argv, timeout=15)
+        out = (cp.stdout or "").strip()
+        ok = cp.returncode == 0 and out == "ok"
+        detail = "ok" if ok else _first_line(cp.stderr or out)
+    else:
+        kc = provider.layout(path.runs_on).p("kubeconfig")
+        argv = node_probe_command(prober_argv(provider, path.runs_on), kc,
+                                  float(timeout.rstrip("s")))
+        cp = provider.run(path.runs_on, argv, timeout=15)
+        rec = _last_json(cp.stdout)
+        ok = cp.returncode == 0 and rec.get("ok") is True
+        detail = "ok" if ok else (rec.get("err") or _first_line(cp.stderr or cp.stdout))
     return Check("access path", f"{path.key} ({path.server})", ok, detail,
                  "" if ok else f"look at: {path.via}")
+
+
+def _last_json(text: str) -> dict:
+    for line in reversed((text or "").splitlines()):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            return rec
+    return {}
 
 
 def _first_line(text: str) -> str:

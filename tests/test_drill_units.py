@@ -301,6 +301,63 @@ def test_host_stalls_excuse_timeouts_only():
     assert m["measured"] == "up" and m["excused"] == 2 and "host stalls" in m["why"]
 
 
+def _slow_direct(frozen_from, frozen_to, step=1.0):
+    """A direct path whose API server stops answering (frozen VM) and then answers all."""
+    out, t = [], T0 + 2
+    while t < T0 + 40:
+        r = t - INJECT
+        lat = (frozen_to - r) if frozen_from <= r < frozen_to else 0.05
+        out.append({"t": round(t, 3), "ok": True, "lat": round(lat, 3)})
+        t += step
+    return out
+
+
+def test_a_lab_stall_excuses_paths_through_the_stalled_control_plane():
+    # CI's stop-lb on a one-control-plane VM lab: k8s-node1 answered nothing for 12 s; its
+    # direct probes (timeout 15 s) came back late, the worker's nginx (connect 1 s) failed
+    worker = probes(lambda r: 4.7 <= r < 12.8, step=1.0, err="EOF")
+    j = synthetic({"external": probes(lambda r: 0 <= r < 20), "write": probes(lambda r: False),
+                   "direct:k8s-node1": _slow_direct(3.6, 15.6),
+                   "worker:k8s-node2": worker},
+                  {"external": e("down"), "direct:k8s-node1": e("up"), "write": e("up"),
+                   "worker:k8s-node2": e("up")}, fault="stop-lb", targets=["admin-lb"])
+    v = verdict.judge(j)
+    assert v["ok"], v["reasons"]
+    w = v["paths"]["worker:k8s-node2"]
+    assert w["measured"] == "up" and w["excused_lab"] == 8 and "lab stalled" in w["why"]
+    assert 11 <= v["lab_stall_seconds"] <= 13
+    assert v["lab_stall_slowest"]["direct:k8s-node1"] == pytest.approx(12.0, abs=0.5)
+    assert v["paths"]["external"]["measured"] == "down"   # the fault's own effect stays
+    assert "lab stalled on its own" in report.terminal(j)
+    # the same failures without the stall are the fault's: DIFFERS
+    j["probes"]["direct:k8s-node1"] = _slow_direct(0, 0)
+    v = verdict.judge(j)
+    assert not v["ok"] and v["paths"]["worker:k8s-node2"]["measured"] == "blip"
+    assert v["lab_stall_seconds"] == 0
+
+
+def test_a_lab_stall_needs_every_untouched_control_plane_and_excuses_no_direct_path():
+    exps = {"direct:k8s-node1": e("up"), "direct:k8s-node2": e("up"),
+            "worker:k8s-node3": e("up")}
+    worker = probes(lambda r: 4 <= r < 9, step=1.0, err="EOF")
+    # only one of two control planes slow: nginx had the other, the failures count
+    j = synthetic({"direct:k8s-node1": _slow_direct(3, 10), "direct:k8s-node2":
+                   _slow_direct(0, 0), "worker:k8s-node3": worker}, exps,
+                  fault="stop-lb", targets=["admin-lb"])
+    v = verdict.judge(j)
+    assert not v["ok"] and v["paths"]["worker:k8s-node3"]["excused_lab"] == 0
+    # both slow: excused; a direct path that times out in the stall is never excused
+    j["probes"]["direct:k8s-node2"] = _slow_direct(3, 10)
+    j["probes"]["direct:k8s-node1"] = probes(lambda r: 4 <= r < 9, step=1.0, lat_fail=3.0)
+    v = verdict.judge(j)
+    assert v["paths"]["worker:k8s-node3"]["agree"]
+    assert v["paths"]["direct:k8s-node1"]["excused_lab"] == 0
+    assert not v["paths"]["direct:k8s-node1"]["agree"]
+    # a path expected to fail is judged on its own
+    exps["worker:k8s-node3"] = e("down")
+    assert not verdict.judge(j)["paths"]["worker:k8s-node3"]["agree"]
+
+
 def test_agree_rules():
     blip = {"measured": "blip", "errors_stop_after": 4.0, "why": "w"}
     assert verdict.agree(e("blip", 5), blip)[0]

@@ -1,20 +1,24 @@
 """Which command `halab verify` (and the deploy's readiness wait) sends along each access
-path, and on which node: pure, no VM and no namespace needed."""
+path, and on which node. No VM and no namespace: the node is a recording stand-in whose
+answers are what halab's prober prints (its real runs are in the local and VM tests)."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from lab import scenario
 from lab.labdir import Lab
-from lab.providers.local import LocalProvider
-from lab.providers.vagrant import VM_BIN, VagrantProvider
+from lab.providers.vagrant import VagrantProvider
 from lab.topology import Topology
-from lab.verify import path_command
+from lab.verify import check_path, node_probe_command, path_command
 
 
-def _topo(tmp_path: Path, deployer: str, provider: str = "libvirt") -> Topology:
+def _topo(tmp_path: Path, deployer: str = "static", provider: str = "libvirt") -> Topology:
     p = tmp_path / "lab.yaml"
     p.write_text(f"extends: case2\nname: vc\nprovider: {provider}\ndeployer: {deployer}\n")
     return Topology.of(scenario.load(str(p)))
@@ -24,31 +28,76 @@ def _paths(topo):
     return {p.key: p for p in topo.access_paths()}
 
 
-@pytest.mark.parametrize("deployer, on_worker", [("static", f"{VM_BIN}/kubectl"),
-                                                 ("kubespray", "kubectl")])
-def test_a_vm_worker_path_runs_the_kubectl_that_is_on_the_worker(tmp_path, deployer, on_worker):
-    topo = _topo(tmp_path, deployer)
+def test_client_paths_use_this_hosts_kubectl_with_the_paths_context(tmp_path):
+    topo = _topo(tmp_path)
     k8s = tmp_path / "k8s"
     k8s.mkdir()
     (k8s / "kubectl").write_text("")
-    prov = VagrantProvider(Lab(tmp_path / "lab"), topo, str(k8s))
     lab = Lab(tmp_path / "lab")
-    node, argv = path_command(lab, topo, prov, _paths(topo)["worker:k8s-node4"])
-    assert node == "k8s-node4"
-    # the host's cache path does not exist on the VM: the worker's own kubectl
-    assert argv[0] == on_worker
-    assert argv[1] == "--kubeconfig=/var/lib/halab/kubeconfig"
+    prov = VagrantProvider(lab, topo, str(k8s))
     node, argv = path_command(lab, topo, prov, _paths(topo)["external"])
     assert node == "client" and argv[0] == str(k8s / "kubectl")
-    assert "--context=vc-lb" in argv
+    assert "--context=vc-lb" in argv and argv[-3:] == ["get", "--raw", "/readyz"]
+    _, argv = path_command(lab, topo, prov, _paths(topo)["direct:k8s-node2"])
+    assert "--context=vc-k8s-node2" in argv
+    with pytest.raises(ValueError):   # a worker has no kubectl: see below
+        path_command(lab, topo, prov, _paths(topo)["worker:k8s-node4"])
 
 
-def test_a_local_worker_path_uses_the_hosts_kubectl_in_its_namespace(tmp_path):
-    topo = _topo(tmp_path, "static", provider="local")
-    k8s = tmp_path / "k8s"
-    k8s.mkdir()
-    (k8s / "kubectl").write_text("")
-    prov = LocalProvider(Lab(tmp_path / "lab"), topo, str(k8s))
-    node, argv = path_command(Lab(tmp_path / "lab"), topo, prov,
-                              _paths(topo)["worker:k8s-node5"])
-    assert node == "k8s-node5" and argv[0] == str(k8s / "kubectl")
+class Worker:
+    """A node that answers like halab's prober would (and records what it was asked)."""
+
+    def __init__(self, stdout: str, rc: int = 0):
+        self.stdout, self.rc, self.ran = stdout, rc, []
+
+    def layout(self, node):
+        return types.SimpleNamespace(p=lambda name: f"/var/lib/halab/{name}")
+
+    def prober_argv(self, node):
+        return ["python3", "/opt/halab/prober.py"]
+
+    def run(self, node, argv, timeout=60):
+        self.ran.append((node, argv))
+        return subprocess.CompletedProcess(argv, self.rc, self.stdout, "")
+
+
+@pytest.mark.parametrize("deployer", ["static", "kubespray"])
+def test_a_worker_path_is_checked_on_the_worker_by_the_stdlib_prober(tmp_path, deployer):
+    topo = _topo(tmp_path, deployer)
+    w = Worker(json.dumps({"t": 1.0, "ok": True, "lat": 0.2, "code": 200}) + "\n")
+    c = check_path(Lab(tmp_path / "lab"), topo, w, _paths(topo)["worker:k8s-node4"], "3s")
+    assert c.ok and c.detail == "ok"
+    (node, argv), = w.ran
+    assert node == "k8s-node4"
+    assert argv == ["python3", "/opt/halab/prober.py", "--mode", "read", "--kubeconfig",
+                    "/var/lib/halab/kubeconfig", "--path", "/readyz", "--count", "1",
+                    "--timeout", "3"]
+
+
+def test_a_failing_worker_path_says_what_the_prober_saw(tmp_path):
+    topo = _topo(tmp_path)
+    w = Worker(json.dumps({"t": 1.0, "ok": False, "lat": 1.0,
+                           "err": "ConnectionRefusedError: [Errno 111] refused"}) + "\n")
+    c = check_path(Lab(tmp_path / "lab"), topo, w, _paths(topo)["worker:k8s-node5"], "3s")
+    assert not c.ok and "refused" in c.detail and "nginx proxy" in c.advice
+    w = Worker("", rc=127)
+    c = check_path(Lab(tmp_path / "lab"), topo, w, _paths(topo)["worker:k8s-node5"], "3s")
+    assert not c.ok and c.detail == "no answer"
+
+
+def test_the_probe_command_runs_the_real_prober(tmp_path):
+    """The argv halab builds is one the prober accepts: against a port nobody listens on
+    it prints one failed result and exits 0, as a worker whose proxy is down would."""
+    kc = tmp_path / "kubeconfig"
+    from lab import kubeconfig, pki
+    topo = _topo(tmp_path, provider="local")
+    files = pki.lab_pki(topo)
+    cfg = kubeconfig.config([("x", "https://127.0.0.1:9")], "u", files["ca.crt"],
+                            files["admin.crt"], files["admin.key"])
+    kc.write_text(kubeconfig.dump_for_node(cfg))
+    argv = node_probe_command([sys.executable, "-m", "lab.drill.prober"], str(kc), 2)
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    (line,) = cp.stdout.splitlines()
+    rec = json.loads(line)
+    assert rec["ok"] is False and rec["err"]

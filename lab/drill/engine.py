@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 
 from ..errors import HalabError
 from ..kubeconfig import default_context
-from ..verify import api_servers
+from ..verify import api_servers, prober_argv
 from . import expect, faults as faultlib, journal as jlib, verdict as verdictlib
 
 CLIENT = "client"
@@ -132,13 +131,6 @@ def observer(topo, targets: list[str]) -> str:
         if cp.name not in targets:
             return cp.name
     return topo.control_planes[0].name
-
-
-def prober_argv(provider, node: str) -> list[str]:
-    """How a probe worker starts on `node`: the provider may ship the prober there first."""
-    if hasattr(provider, "prober_argv"):
-        return provider.prober_argv(node)
-    return [sys.executable, "-m", "lab.drill.prober"]
 
 
 def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[ProbeSpec]:

@@ -58,19 +58,73 @@ def excused(p: dict, stalls: list[tuple[float, float]], slack: float = 0.1) -> b
     return any(a < sb and sa < b for sa, sb in stalls)
 
 
+SLOW_ANSWER = 2.0  # a direct probe this slow (and 4x its steady latency): that API server stalled
+
+
+def _merge(intervals: list[tuple[float, float]]) -> list[list[float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _intersect(xs: list[list[float]], ys: list[list[float]]) -> list[list[float]]:
+    out = []
+    for a, b in xs:
+        for c, d in ys:
+            if max(a, c) < min(b, d):
+                out.append([max(a, c), min(b, d)])
+    return out
+
+
+def lab_stalls(journal: dict, start: float, end: float) -> tuple[list[tuple[float, float]], dict]:
+    """Intervals in which every control plane the fault leaves alone answered its direct
+    probe very late (or not at all): the lab stalled on its own (an emulated VM starved of
+    CPU, a host hiccup), and a path expected up that failed then says nothing about the
+    fault. Returns (intervals, {direct path: its slowest answer in a stall})."""
+    exps, probes = journal.get("expectations", {}), journal.get("probes", {})
+    refs = [k for k, e in exps.items() if k.startswith("direct:") and e.get("expect") == "up"]
+    common, slowest = None, {}
+    for key in refs:
+        rows = probes.get(key, [])
+        steady = sorted(p.get("lat", 0.0) for p in rows if p["ok"] and p["t"] < start)
+        limit = max(SLOW_ANSWER, 4 * steady[len(steady) // 2]) if steady else SLOW_ANSWER
+        slow = [p for p in rows if p.get("lat", 0.0) >= limit and in_window(p, start, end)
+                and (p["ok"] or p.get("err") == "timeout")]
+        if not slow:
+            return [], {}
+        slowest[key] = round(max(p["lat"] for p in slow), 2)
+        mine = _merge([(p["t"], p["t"] + p["lat"]) for p in slow])
+        common = mine if common is None else _intersect(common, mine)
+    return [(a, b) for a, b in common or []], slowest
+
+
+def during(p: dict, stalls, slack: float = 0.1) -> bool:
+    a, b = p["t"] - slack, p["t"] + p.get("lat", 0.0) + slack
+    return any(a < sb and sa < b for sa, sb in stalls)
+
+
 def in_window(p: dict, start: float, end: float) -> bool:
     """Probes that ended after the fault began and started before the restore."""
     return p["t"] + p.get("lat", 0.0) >= start and p["t"] < end
 
 
 def classify(probes: list[dict], start: float, end: float, probe_interval: float = 0.2,
-             stalls: list[tuple[float, float]] = ()) -> dict:
-    """Measure one path over the fault window [start, end)."""
+             stalls: list[tuple[float, float]] = (),
+             lab_stalled: list[tuple[float, float]] = ()) -> dict:
+    """Measure one path over the fault window [start, end). Timeouts in a host stall, and
+    any failure while the lab itself stalled (`lab_stalled`), are left out and counted."""
     inside = sorted((p for p in probes if in_window(p, start, end)), key=lambda r: r["t"])
     n_excused = sum(1 for p in inside if excused(p, stalls))
     inside = [p for p in inside if not excused(p, stalls)]
+    n_lab = sum(1 for p in inside if not p["ok"] and during(p, lab_stalled))
+    inside = [p for p in inside if p["ok"] or not during(p, lab_stalled)]
     fails = [p for p in inside if not p["ok"]]
     res = {"probes": len(inside), "failures": len(fails), "excused": n_excused,
+           "excused_lab": n_lab,
            "first_failure": None,
            "last_failure": None, "error_window": 0.0, "errors_stop_after": None,
            "longest_streak": 0.0, "max_latency": max((p.get("lat", 0) for p in inside),
@@ -124,6 +178,9 @@ def _note_excused(res: dict) -> dict:
     if res.get("excused"):
         res["why"] += (f"; {res['excused']} timeout(s) during host stalls not counted (the "
                        "canary, which needs nothing from the lab, was slow too)")
+    if res.get("excused_lab"):
+        res["why"] += (f"; {res['excused_lab']} failure(s) while the lab stalled not counted "
+                       "(every control plane the fault leaves alone answered late then)")
     return res
 
 
@@ -180,8 +237,13 @@ def judge(journal: dict) -> dict:
     if start is None or end is None:
         return {"ok": False, "paths": {}, "reasons": ["the fault was never injected"],
                 "healthy_after": _healthy(journal)}
+    stalled_lab, slowest = lab_stalls(journal, start, end)
     for key, exp in exps.items():
-        m = classify(probes.get(key, []), start, end, interval, stalls)
+        # a path expected up that goes through the control planes (not to one of them) fails
+        # when they all stall; a direct path is the witness and is never excused
+        excusable = exp["expect"] == "up" and not key.startswith("direct:")
+        m = classify(probes.get(key, []), start, end, interval, stalls,
+                     stalled_lab if excusable else ())
         r = recovery(probes.get(key, []), restored)
         ok, why = agree(exp, m)
         if r["recovered_after"] is None and r["failures"]:
@@ -204,6 +266,9 @@ def judge(journal: dict) -> dict:
                         if b > start and a < end), 2)
     return {"ok": not reasons, "paths": paths, "reasons": reasons, "healthy_after": healthy,
             "host_stall_seconds": stalled,
+            "lab_stall_seconds": round(sum(min(b, end) - max(a, start) for a, b in stalled_lab
+                                           if b > start and a < end), 2),
+            "lab_stall_slowest": slowest if stalled_lab else {},
             "haproxy_down_after": haproxy_detection(journal),
             "vip_moved_after": vip_move(journal)}
 

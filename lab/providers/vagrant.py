@@ -189,13 +189,6 @@ class VagrantProvider:
             return str(Path(self.k8s_bin_dir) / "kubectl")
         return shutil.which("kubectl") or "kubectl"
 
-    def kubectl_on(self, node: str) -> str:
-        """The kubectl to run on `node`: this host's for the client; on a VM the one the
-        static deployer uploaded (kubespray puts its own on the PATH)."""
-        if node == "client":
-            return self.kubectl
-        return f"{VM_BIN}/kubectl" if self.topo.scenario.deployer == "static" else "kubectl"
-
     def layout(self, node: str) -> controlplane.Layout:
         # nginx runs with halab's own nginx.conf: the stream module is loaded there
         from .local import NGINX_STREAM_MODULE
@@ -313,17 +306,15 @@ class VagrantProvider:
                                                    self.fs_root))
         specs = [s for s in specs if s not in existing]
         binaries = {"etcd": Path(shutil.which("etcd") or "/usr/bin/etcd")}
-        for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
+        for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
             binaries[name] = Path(self.k8s_bin_dir or "") / name
         by_node: dict[str, list] = {}
         for spec in specs:
             by_node.setdefault(spec.node, []).append(spec)
-        workers = {w.name for w in self.topo.workers}
 
         def one_node(node: str, node_specs: list) -> None:
-            # kubectl only where halab's checks run it (a worker's own access path)
-            needed = {Path(s.argv[0]).name for s in node_specs} | \
-                ({"kubectl"} if node in workers else set())
+            # (a worker's own path is checked by halab's stdlib prober: no kubectl there)
+            needed = {Path(s.argv[0]).name for s in node_specs}
             for name in sorted(needed & set(binaries)):
                 t0 = time.monotonic()
                 if self._upload_binary(node, binaries[name]):
