@@ -687,7 +687,8 @@ def test_ctrl_c_stops_ansible_on_admin_lb_and_says_how_to_resume(live, sshd_serv
 
 
 class VerifyingVagrant(FakeVagrant):
-    """Also answers `halab verify`'s checks (kubectl through provider.run) as a healthy lab would."""
+    """Also answers `halab verify`'s checks as a healthy lab would: kubectl on the client
+    (through provider.run), halab's prober on a worker (one JSON line per probe)."""
 
     def __init__(self, server):
         super().__init__(server)
@@ -695,7 +696,10 @@ class VerifyingVagrant(FakeVagrant):
 
     def run(self, node, argv, timeout=30):
         self.ran.append((node, argv))
-        out = "ok" if "/readyz" in argv else "k8s-node1"
+        if "--mode" in argv:
+            out = json.dumps({"t": time.time(), "ok": True, "lat": 0.01, "code": 200}) + "\n"
+        else:
+            out = "ok" if "/readyz" in argv else "k8s-node1"
         return subprocess.CompletedProcess(argv, 0, out, "")
 
     def haproxy_stat(self, lb, timeout=30):
@@ -720,6 +724,12 @@ def test_cli_deploy_end_to_end_then_verify(live, sshd_server, monkeypatch):
     assert "all " in out and "checks passed" in out
     contexts = {argv[2] for _, argv in ll.provider.ran if argv[2].startswith("--context=")}
     assert "--context=case2-lb" in contexts and "--context=case2-k8s-node1" in contexts
+    # a worker's own path: halab's prober on the worker with its kubelet-path kubeconfig
+    on_workers = {node: argv for node, argv in ll.provider.ran if node in ("k8s-node4", "k8s-node5")}
+    assert set(on_workers) == {"k8s-node4", "k8s-node5"}
+    argv = on_workers["k8s-node4"]
+    assert argv[argv.index("--mode") + 1] == "read" and "/readyz" in argv
+    assert argv[argv.index("--kubeconfig") + 1] == ll.provider.layout("k8s-node4").p("kubeconfig")
     state = ll.lab.state()
     assert state["deploy"]["state"] == "partial" and state["verify"]["ok"] is True
     assert state["phase"] == "deployed"
