@@ -1,8 +1,12 @@
 """Real control-plane smoke test in network namespaces (root only, marker `local`).
 
-Inside a namespace created here (`halab-t-smoke-<pid>`, veth `lab0` whose peer
-sits in a second test namespace; every lab address lives only inside them):
+In namespaces created here, one per node (`halab-t-smoke-<pid>` is node1's,
+`-node2`/`-node3` the others'), joined by a bridge in a fourth test namespace
+(`halab-t-smokep-<pid>`); every lab address lives only inside them:
   * a 3-member etcd 3.4 cluster (/usr/bin/etcd) on 10.250.0.11-13, TLS from lab.pki
+    (own namespaces matter: etcd checks a peer's certificate against the address it
+    connects from, and in one shared namespace every member dials from 10.250.0.11,
+    so node2 and node3 cannot talk, and a cluster led by one of them never forms)
   * kube-apiserver (cache binaries) on node1, waits for /readyz through kubectl
   * create + delete a ConfigMap
   * kube-controller-manager and kube-scheduler (leader election on), each in
@@ -173,28 +177,37 @@ class Lab:
         self.tmp = tmp
         self.procs: list[tuple[str, subprocess.Popen, object]] = []
 
-    def setup(self):
-        _run(["ip", "netns", "add", self.ns])
-        _run(["ip", "netns", "add", self.peer])
-        _run(["ip", "-n", self.ns, "link", "set", "lo", "up"])
-        _run(["ip", "-n", self.ns, "link", "add", "lab0", "type", "veth",
-              "peer", "name", "lab0p", "netns", self.peer])
-        _run(["ip", "-n", self.peer, "link", "set", "lab0p", "up"])
-        _run(["ip", "-n", self.ns, "link", "set", "lab0", "up"])
-        for _, ip in NODES:
-            _run(["ip", "-n", self.ns, "addr", "add", f"{ip}/24", "dev", "lab0"])
+    def node_ns(self, node: str) -> str:
+        return self.ns if node == NODES[0][0] else f"{self.ns}-{node}"
 
-    def exec_args(self, args, hostname=None):
-        prefix = ["ip", "netns", "exec", self.ns]
+    def namespaces(self) -> list[str]:
+        return [self.node_ns(n) for n, _ in NODES] + [self.peer]
+
+    def setup(self):
+        _run(["ip", "netns", "add", self.peer])
+        _run(["ip", "-n", self.peer, "link", "add", "br0", "type", "bridge"])
+        _run(["ip", "-n", self.peer, "link", "set", "br0", "up"])
+        for i, (node, ip) in enumerate(NODES):
+            ns = self.node_ns(node)
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            _run(["ip", "-n", ns, "link", "add", "lab0", "type", "veth",
+                  "peer", "name", f"lab0p{i}", "netns", self.peer])
+            _run(["ip", "-n", self.peer, "link", "set", f"lab0p{i}", "master", "br0", "up"])
+            _run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "lab0"])
+            _run(["ip", "-n", ns, "link", "set", "lab0", "up"])
+
+    def exec_args(self, args, hostname=None, node=None):
+        prefix = ["ip", "netns", "exec", self.node_ns(node) if node else self.ns]
         if hostname:
             # own UTS namespace: leader-election identity becomes "<hostname>_<uuid>"
             prefix += ["unshare", "--uts", "--", "sh", "-c",
                        f'hostname {hostname} && exec "$0" "$@"']
         return prefix + [str(a) for a in args]
 
-    def start(self, label, args, hostname=None):
+    def start(self, label, args, hostname=None, node=None):
         log = open(self.tmp / f"{label}.log", "wb")
-        proc = subprocess.Popen(self.exec_args(args, hostname), stdout=log,
+        proc = subprocess.Popen(self.exec_args(args, hostname, node), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs.append((label, proc, log))
         return proc
@@ -222,7 +235,7 @@ class Lab:
                     proc.kill()
                     proc.wait(timeout=10)
             log.close()
-        for ns in (self.ns, self.peer):
+        for ns in self.namespaces():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
@@ -297,12 +310,12 @@ def test_local_controlplane_smoke(k8s_bins, lab, tmp_path, record_property):
         return lab.run([k8s_bins.kubectl, f"--kubeconfig={admin_kc}", "--request-timeout=5s",
                         *args], timeout=timeout, check=check)
 
-    # ---- etcd: 3 members, TLS everywhere (one namespace, so no 127.0.0.1 listener)
+    # ---- etcd: 3 members, TLS everywhere, each in its node's namespace
     for name, ip in NODES:
         data = tmp_path / f"etcd-{name}"
         data.mkdir(mode=0o700)
-        lab.start(f"etcd-{name}", [ETCD, *etcd_flags(name, ip, NODES, pki_dir, data,
-                                                     client_localhost=False)])
+        lab.start(f"etcd-{name}", [ETCD, *etcd_flags(name, ip, NODES, pki_dir, data)],
+                  node=name)
 
     def etcd_healthy():
         for _, ip in NODES:
