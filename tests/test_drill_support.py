@@ -134,10 +134,34 @@ def lab_fixture(case: str, tmp_path_factory, extra_yaml: str = ""):
         yield lab
     finally:
         try:
+            keep_evidence(lab)
             lab.halab("drill", "restore", "--no-wait", check=False, timeout=120)
             lab.halab("destroy", "--force", check=False, timeout=180)
         finally:
             lab.kill_leftovers()
+
+
+ARTIFACTS = Path(os.environ.get("HALAB_ARTIFACTS", "/tmp/halab-artifacts"))
+
+
+def keep_evidence(lab: "DrillLab") -> None:
+    """Before the lab is destroyed: if a drill in it did not go as expected, keep its
+    journals and the nodes' logs (etcd, API servers, ...) in $HALAB_ARTIFACTS/<lab>, which
+    .ci/run lists, so a failure seen once in CI can still be read afterwards."""
+    try:
+        bad = [i for i in lab.journal_ids()
+               if not lab.journal(i).get("verdict", {}).get("ok", False)]
+        if not bad:
+            return
+        dest = ARTIFACTS / lab.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for i in bad:
+            shutil.copy2(lab.path / "drills" / f"{i}.json", dest / f"{i}.json")
+        if (lab.path / "logs").is_dir():
+            shutil.copytree(lab.path / "logs", dest / "logs", dirs_exist_ok=True)
+        print(f"\nevidence of {len(bad)} drill(s) that differed: {dest}")
+    except (OSError, ValueError) as exc:   # evidence is a courtesy, never a failure
+        print(f"\ncould not keep the evidence of lab {lab.name}: {exc}")
 
 
 def path(journal: dict, key: str) -> dict:
