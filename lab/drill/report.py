@@ -86,13 +86,13 @@ def terminal(journal: dict) -> str:
     if v.get("host_stall_seconds") or excused:
         lines.append(f"host stalls during the fault: {v.get('host_stall_seconds', 0):.1f} s "
                      f"(the canary was slow too); {excused} timeout(s) not counted")
-    lab_excused = sum(p.get("excused_lab", 0) for p in v.get("paths", {}).values())
     if v.get("lab_stall_seconds"):
         slow = ", ".join(f"{k} answered in {s:.1f} s" for k, s in
                          sorted(v.get("lab_stall_slowest", {}).items()))
         lines.append(f"lab stalled on its own during the fault: {v['lab_stall_seconds']:.1f} s "
-                     f"(at worst {slow}; the fault touches none of them); {lab_excused} "
-                     "failure(s) of paths through them not counted")
+                     f"(at worst {slow}; the fault touches none of them); "
+                     f"{v.get('lab_stall_excused', 0)} failure(s) of paths through them not "
+                     "counted")
     if v.get("healthy_after") is not None:
         lines.append("health after restore: " + ("OK (every `halab verify` check passed)"
                                                  if v["healthy_after"] else "NOT healthy: " +
@@ -349,9 +349,9 @@ def _drill_section(journal: dict, top: bool = False) -> str:
     if v.get("vip_moved_after") is not None:
         facts.append(f"VIP moved after {v['vip_moved_after']:.1f} s")
     if v.get("lab_stall_seconds"):
-        n = sum(p.get("excused_lab", 0) for p in v.get("paths", {}).values())
         facts.append(f"the lab stalled on its own for {v['lab_stall_seconds']:.1f} s (every "
-                     f"control plane the fault leaves alone answered late); {n} failure(s) "
+                     f"control plane the fault leaves alone answered late); "
+                     f"{v.get('lab_stall_excused', 0)} failure(s) "
                      "then not counted")
     out.append("<p>" + " &middot; ".join(e(f) for f in facts) + "</p>")
     out.append("<table><tr><th>path</th><th>expected</th><th>measured</th><th>failed</th>"

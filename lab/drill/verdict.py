@@ -33,51 +33,50 @@ def streaks(probes: list[dict]) -> list[tuple[float, float, int]]:
     return out
 
 
-STALL = 0.25   # the canary (a loopback server) this late or slow: the host is starved
-
-
-def host_stalls(canary: list[dict], threshold: float = STALL) -> list[tuple[float, float]]:
-    """Intervals in which the canary probe, which needs nothing from the lab, was late/slow."""
-    out: list[list[float]] = []
-    for p in sorted(canary, key=lambda r: r["t"]):
-        lag, lat = p.get("lag", 0.0), p.get("lat", 0.0)
-        if not p["ok"] or lag > threshold or lat > threshold:
-            a, b = p["t"] - lag, p["t"] + lat
-            if out and a <= out[-1][1]:
-                out[-1][1] = max(out[-1][1], b)
-            else:
-                out.append([a, b])
-    return [(a, b) for a, b in out]
-
-
-def excused(p: dict, stalls: list[tuple[float, float]], slack: float = 0.1) -> bool:
-    """A timeout that overlaps a host stall says nothing about the lab."""
-    if p["ok"] or p.get("err") != "timeout":
-        return False
-    a, b = p["t"] - slack, p["t"] + p.get("lat", 0.0) + slack
-    return any(a < sb and sa < b for sa, sb in stalls)
-
-
-SLOW_ANSWER = 2.0  # a direct probe this slow (and 4x its steady latency): that API server stalled
-
-
-def _merge(intervals: list[tuple[float, float]]) -> list[list[float]]:
+def _merge(intervals) -> list[tuple[float, float]]:
+    """Overlapping intervals joined, in order."""
     out: list[list[float]] = []
     for a, b in sorted(intervals):
         if out and a <= out[-1][1]:
             out[-1][1] = max(out[-1][1], b)
         else:
             out.append([a, b])
-    return out
+    return [(a, b) for a, b in out]
 
 
-def _intersect(xs: list[list[float]], ys: list[list[float]]) -> list[list[float]]:
-    out = []
-    for a, b in xs:
-        for c, d in ys:
-            if max(a, c) < min(b, d):
-                out.append([max(a, c), min(b, d)])
-    return out
+STALL = 0.25   # the canary (a loopback server) this late or slow: the host is starved
+
+
+def host_stalls(canary: list[dict], threshold: float = STALL) -> list[tuple[float, float]]:
+    """Intervals in which the canary probe, which needs nothing from the lab, was late/slow."""
+    slow = [(p["t"] - p.get("lag", 0.0), p["t"] + p.get("lat", 0.0)) for p in canary
+             if not p["ok"] or p.get("lag", 0.0) > threshold or p.get("lat", 0.0) > threshold]
+    return _merge(slow)
+
+
+def during(p: dict, stalls, slack: float = 0.1) -> bool:
+    """The probe [start, end] overlaps one of the intervals."""
+    a, b = p["t"] - slack, p["t"] + p.get("lat", 0.0) + slack
+    return any(a < sb and sa < b for sa, sb in stalls)
+
+
+def excused(p: dict, stalls: list[tuple[float, float]], slack: float = 0.1) -> bool:
+    """A timeout that overlaps a host stall says nothing about the lab."""
+    return not p["ok"] and p.get("err") == "timeout" and during(p, stalls, slack)
+
+
+def seconds_inside(intervals, start: float, end: float) -> float:
+    return round(sum(min(b, end) - max(a, start) for a, b in intervals
+                     if b > start and a < end), 2)
+
+
+SLOW_ANSWER = 2.0  # a direct probe this slow (and 4x its steady latency): that API server stalled
+
+
+
+
+def _intersect(xs, ys) -> list[tuple[float, float]]:
+    return [(max(a, c), min(b, d)) for a, b in xs for c, d in ys if max(a, c) < min(b, d)]
 
 
 def lab_stalls(journal: dict, start: float, end: float) -> tuple[list[tuple[float, float]], dict]:
@@ -99,12 +98,7 @@ def lab_stalls(journal: dict, start: float, end: float) -> tuple[list[tuple[floa
         slowest[key] = round(max(p["lat"] for p in slow), 2)
         mine = _merge([(p["t"], p["t"] + p["lat"]) for p in slow])
         common = mine if common is None else _intersect(common, mine)
-    return [(a, b) for a, b in common or []], slowest
-
-
-def during(p: dict, stalls, slack: float = 0.1) -> bool:
-    a, b = p["t"] - slack, p["t"] + p.get("lat", 0.0) + slack
-    return any(a < sb and sa < b for sa, sb in stalls)
+    return common or [], slowest
 
 
 def in_window(p: dict, start: float, end: float) -> bool:
@@ -262,13 +256,11 @@ def judge(journal: dict) -> dict:
     for e in journal.get("errors", []):
         if "restore failed" in e or "not every path recovered" in e:
             reasons.append(e)
-    stalled = round(sum(min(b, end) - max(a, start) for a, b in stalls
-                        if b > start and a < end), 2)
     return {"ok": not reasons, "paths": paths, "reasons": reasons, "healthy_after": healthy,
-            "host_stall_seconds": stalled,
-            "lab_stall_seconds": round(sum(min(b, end) - max(a, start) for a, b in stalled_lab
-                                           if b > start and a < end), 2),
+            "host_stall_seconds": seconds_inside(stalls, start, end),
+            "lab_stall_seconds": seconds_inside(stalled_lab, start, end),
             "lab_stall_slowest": slowest if stalled_lab else {},
+            "lab_stall_excused": sum(p["excused_lab"] for p in paths.values()),
             "haproxy_down_after": haproxy_detection(journal),
             "vip_moved_after": vip_move(journal)}
 
