@@ -37,6 +37,68 @@ def prober_argv(provider, node: str) -> list[str]:
     return [sys.executable, "-m", "lab.drill.prober"]
 
 
+def etcd_probe_argv(lab, topo: Topology, provider, interval: float = 1.0,
+                    timeout: float = 1.0) -> list[str]:
+    """The prober asking every etcd member for its status, with the lab's etcd client
+    certificate (halab's own control plane keeps its PKI in `<lab>/pki/`)."""
+    pki = lab.path / "pki"
+    eps = ",".join(f"https://{m.ip}:2379" for m in topo.etcd_members)
+    return prober_argv(provider, "client") + [
+        "--mode", "etcd", "--etcd-endpoints", eps, "--ca", str(pki / "ca.crt"),
+        "--cert", str(pki / "apiserver-etcd-client.crt"),
+        "--key", str(pki / "apiserver-etcd-client.key"),
+        "--interval", str(interval), "--timeout", str(timeout)]
+
+
+def etcd_view(topo: Topology, rec: dict, known_ids: dict | None = None) -> dict:
+    """An etcd prober record -> {"leader": node|None, "down": [nodes]}.
+
+    `known_ids` (member id -> node) remembers members seen earlier, so a leader that
+    did not answer this round is still named.
+    """
+    by_ip = {str(m.ip): m.name for m in topo.etcd_members}
+    members = rec.get("members", {})
+    ids = known_ids if known_ids is not None else {}
+    ids.update({m.get("id"): by_ip.get(ip, ip) for ip, m in members.items() if m.get("ok")})
+    leaders = {m.get("leader") for m in members.values() if m.get("ok") and m.get("leader")
+               and m.get("leader") != "0"}
+    leader = None
+    if len(leaders) == 1:
+        leader = ids.get(next(iter(leaders)))
+    elif len(leaders) > 1:  # members disagree for a moment during an election
+        leader = None
+    down = sorted(by_ip.get(ip, ip) for ip, m in members.items() if not m.get("ok"))
+    return {"leader": leader, "down": down}
+
+
+def one_shot_etcd(lab, topo: Topology, provider, timeout: float = 5.0) -> dict:
+    """Who leads etcd right now, and which members did not answer."""
+    argv = etcd_probe_argv(lab, topo, provider, timeout=timeout) + ["--count", "1"]
+    cp = provider.run("client", argv, timeout=20)
+    for line in cp.stdout.splitlines():
+        try:
+            return etcd_view(topo, json.loads(line))
+        except (ValueError, KeyError):
+            continue
+    return {"leader": None, "down": [m.name for m in topo.etcd_members]}
+
+
+def etcd_check(lab, topo: Topology, provider) -> Check | None:
+    """Every etcd member answers and all agree on one leader (a member that never joined
+    leaves a cluster one failure away from losing quorum, and a drill measures nonsense)."""
+    if not topo.etcd_members or not (lab.path / "pki" / "apiserver-etcd-client.crt").exists():
+        return None   # kubespray keeps etcd's certificates on the nodes
+    view = one_shot_etcd(lab, topo, provider)
+    ok = view["leader"] is not None and not view["down"]
+    n = len(topo.etcd_members)
+    detail = (f"{n - len(view['down'])}/{n} members answer, leader "
+              f"{view['leader'] or 'none'}" + (f"; not answering: {', '.join(view['down'])}"
+                                              if view["down"] else ""))
+    return Check("etcd members", f"{n} members", ok, detail,
+                 "" if ok else f"look at the etcd log of {', '.join(view['down']) or 'every member'}"
+                 f" ({lab.logs})")
+
+
 def path_command(lab, topo: Topology, provider, path: AccessPath, timeout: str = "3s",
                  args: tuple = ("get", "--raw", "/readyz")) -> tuple[str, list[str]]:
     """(client, kubectl argv) that sends one request along a client-side `path`."""
@@ -142,6 +204,9 @@ def run_checks(lab, topo: Topology, provider, write: bool = True) -> list[Check]
         except OSError as exc:
             checks.append(Check("HAProxy backends", lb.name, False, f"stats socket: {exc}",
                                 f"is HAProxy running on {lb.name}?"))
+    etcd = etcd_check(lab, topo, provider)
+    if etcd is not None:
+        checks.append(etcd)
     for lease in ("kube-controller-manager", "kube-scheduler"):
         holder = lease_holder(lab, topo, provider, lease)
         checks.append(Check("lease holder", lease, holder is not None, holder or "none",

@@ -17,7 +17,8 @@ from lab import scenario
 from lab.errors import HalabError
 from lab.topology import Topology
 from lab.drill import expect, faults, journal as jlib, prober, report, runbook, verdict
-from lab.drill.engine import etcd_view, holder_node, observer, path_context, probe_plan, Settings
+from lab.verify import etcd_view
+from lab.drill.engine import holder_node, observer, path_context, probe_plan, Settings
 
 
 def topo(name: str) -> Topology:
@@ -174,6 +175,38 @@ def test_targets_are_checked_against_the_fault():
     with pytest.raises(HalabError, match="needs a TARGET"):
         faults.resolve_targets(t, "kill", [])
     assert faults.resolve_targets(t, "kill", ["k8s-node1", "k8s-node1"]) == ["k8s-node1"]
+
+
+def test_targets_by_etcd_role_resolve_to_the_leader_or_a_follower():
+    t = topo("case2")
+    assert faults.resolve_targets(t, "kill", ["etcd-leader"], etcd_leader="k8s-node2") == \
+        ["k8s-node2"]
+    follower = faults.resolve_targets(t, "kill", ["etcd-follower"], etcd_leader="k8s-node1")
+    assert follower == ["k8s-node2"]
+    assert faults.resolve_targets(t, "stop-etcd", ["etcd-follower"],
+                                  etcd_leader="k8s-node2") == ["k8s-node1"]
+    # nobody answered with a leader: the lab is not healthy enough to tell (exit 3)
+    with pytest.raises(HalabError, match="cannot tell who leads") as err:
+        faults.resolve_targets(t, "kill", ["etcd-leader"], etcd_leader=None)
+    assert err.value.code == 3 and "k8s-node1" in err.value.hint
+    # a role names an etcd member: stop-apiserver still fits it, stop-lb does not
+    with pytest.raises(HalabError, match="runs no HAProxy"):
+        faults.resolve_targets(t, "stop-lb", ["etcd-leader"], etcd_leader="k8s-node1")
+    # the hint for a typo mentions the role words
+    with pytest.raises(HalabError) as err:
+        faults.resolve_targets(t, "kill", ["leader"])
+    assert "etcd-leader" in err.value.hint
+
+
+def test_the_journal_and_report_say_whether_the_leader_or_a_follower_was_killed():
+    t = topo("case2")
+    ctx = expect.Context(etcd_leader="k8s-node1")
+    assert expect.etcd_roles(t, ["k8s-node1", "k8s-node4"], ctx) == {"k8s-node1": "leader"}
+    assert expect.etcd_roles(t, ["k8s-node3"], ctx) == {"k8s-node3": "follower"}
+    assert expect.etcd_roles(t, ["k8s-node3"], expect.Context()) == {"k8s-node3": "unknown"}
+    j = {"targets": ["k8s-node1"], "etcd_roles": {"k8s-node1": "leader"}}
+    assert report.target_words(j) == "k8s-node1 (the etcd leader)"
+    assert report.target_words({"targets": ["admin-lb"]}) == "admin-lb"
 
 
 class FakeLab:

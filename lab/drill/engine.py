@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from ..errors import HalabError
 from ..kubeconfig import default_context
-from ..verify import api_servers, prober_argv
+from ..verify import api_servers, etcd_probe_argv, etcd_view, one_shot_etcd, prober_argv
 from . import expect, faults as faultlib, journal as jlib, verdict as verdictlib
 
 CLIENT = "client"
@@ -160,13 +160,8 @@ def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[Pr
     specs.append(ProbeSpec("canary", "canary", CLIENT, base + [
         "--mode", "canary", "--interval", str(s.probe_interval),
         "--timeout", str(s.probe_timeout)]))
-    pki = lab.path / "pki"
-    eps = ",".join(f"https://{m.ip}:2379" for m in topo.etcd_members)
-    specs.append(ProbeSpec("etcd", "etcd", CLIENT, base + [
-        "--mode", "etcd", "--etcd-endpoints", eps, "--ca", str(pki / "ca.crt"),
-        "--cert", str(pki / "apiserver-etcd-client.crt"),
-        "--key", str(pki / "apiserver-etcd-client.key"),
-        "--interval", str(s.lease_interval), "--timeout", str(s.probe_timeout)]))
+    specs.append(ProbeSpec("etcd", "etcd", CLIENT, etcd_probe_argv(
+        lab, topo, provider, s.lease_interval, s.probe_timeout)))
     return specs
 
 
@@ -175,27 +170,6 @@ def holder_node(identity: str | None) -> str | None:
     if not identity:
         return None
     return identity.rsplit("_", 1)[0]
-
-
-def etcd_view(topo, rec: dict, known_ids: dict | None = None) -> dict:
-    """An etcd prober record -> {"leader": node|None, "down": [nodes]}.
-
-    `known_ids` (member id -> node) remembers members seen earlier, so a leader that
-    did not answer this round is still named.
-    """
-    by_ip = {str(m.ip): m.name for m in topo.etcd_members}
-    members = rec.get("members", {})
-    ids = known_ids if known_ids is not None else {}
-    ids.update({m.get("id"): by_ip.get(ip, ip) for ip, m in members.items() if m.get("ok")})
-    leaders = {m.get("leader") for m in members.values() if m.get("ok") and m.get("leader")
-               and m.get("leader") != "0"}
-    leader = None
-    if len(leaders) == 1:
-        leader = ids.get(next(iter(leaders)))
-    elif len(leaders) > 1:  # members disagree for a moment during an election
-        leader = None
-    down = sorted(by_ip.get(ip, ip) for ip, m in members.items() if not m.get("ok"))
-    return {"leader": leader, "down": down}
 
 
 # ------------------------------------------------------------------ collection
@@ -447,18 +421,6 @@ def vip_holders(topo, provider) -> list[str]:
                                           timeout=10).stdout]
 
 
-def one_shot_etcd(lab, topo, provider) -> dict:
-    specs = probe_plan(lab, topo, provider, [], Settings(), "steady")
-    spec = next(s for s in specs if s.key == "etcd")
-    cp = provider.run(spec.node, spec.argv + ["--count", "1"], timeout=20)
-    for line in cp.stdout.splitlines():
-        try:
-            return etcd_view(topo, json.loads(line))
-        except (ValueError, KeyError):
-            continue
-    return {"leader": None, "down": []}
-
-
 def steady_state(lab, topo, provider, wait: float = 0.0, echo=lambda m: None) -> dict:
     """The hypothesis: nothing injected, and every check of `halab verify` passes."""
     from ..verify import run_checks
@@ -586,8 +548,11 @@ class Drill:
                              f"the {getattr(self.provider, 'name', '?')} provider cannot start",
                              code=2, hint="run drills on a local or Vagrant lab")
         holders = vip_holders(topo, self.provider) if self.fault == "stop-lb" else []
+        self.by_role = any(t in faultlib.ETCD_ROLES for t in self.requested)
+        leader = one_shot_etcd(self.lab, topo, self.provider, self.s.probe_timeout)["leader"] if self.by_role else None
         self.targets = faultlib.resolve_targets(topo, self.fault, self.requested,
-                                                holders[0] if len(holders) == 1 else None)
+                                                holders[0] if len(holders) == 1 else None,
+                                                etcd_leader=leader)
         injected = self.lab.state().get("faults") or {}
         why = faultlib.refusals(topo, self.fault, self.targets, injected)
         quorum_only = all(("etcd needs" in w or "last API server" in w) for w in why)
@@ -611,7 +576,7 @@ class Drill:
             "version": jlib.VERSION, "id": drill_id, "lab": self.lab.name,
             "scenario": self.scenario.name, "scenario_file": self.scenario.source,
             "case": self.topo.case, "provider": self.scenario.provider,
-            "fault": self.fault, "targets": self.targets,
+            "fault": self.fault, "targets": self.targets, "requested": self.requested,
             "fault_summary": faultlib.described(self.fault, self.scenario.provider)[0],
             "restore_summary": faultlib.described(self.fault, self.scenario.provider)[1],
             "runbook": self.runbook, "settings": s.as_dict(),
@@ -630,13 +595,23 @@ class Drill:
                              + "; ".join(steady["problems"]), code=3,
                              hint="`halab verify` shows details; `halab drill restore` undoes "
                                   "injected faults")
-        etcd = one_shot_etcd(self.lab, self.topo, self.provider)
+        etcd = one_shot_etcd(self.lab, self.topo, self.provider, self.s.probe_timeout)
+        if self.by_role:
+            # the leadership may have moved during the steady-state check: the role asked
+            # for is what counts
+            self.targets = faultlib.resolve_targets(self.topo, self.fault, self.requested,
+                                                    etcd_leader=etcd["leader"])
+            self.journal["targets"] = self.targets
         holders = vip_holders(self.topo, self.provider)
         ctx = expect.Context(etcd_leader=etcd["leader"],
                              vip_holder=holders[0] if len(holders) == 1 else None,
                              lease_holders=lease_holders_from(steady["checks"]),
                              observer=observer(self.topo, self.targets))
         self.journal["context"] = ctx.as_dict()
+        self.journal["etcd_roles"] = expect.etcd_roles(self.topo, self.targets, ctx)
+        for t, role in self.journal["etcd_roles"].items():
+            self.say(f"{t} is {expect.ROLE_WORDS[role]}"
+                     + (f" (the leader is {ctx.etcd_leader})" if role == "follower" else ""))
         exps = expect.expectations(self.topo, self.fault, self.targets, ctx)
         self.journal["expectations"] = {k: e.as_dict() for k, e in exps.items()}
         longest = max((e.within or 0 for e in exps.values()), default=0)

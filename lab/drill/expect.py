@@ -63,6 +63,19 @@ class Context:
         return asdict(self)
 
 
+ROLE_WORDS = {"leader": "the etcd leader", "follower": "an etcd follower",
+              "unknown": "an etcd member (leader unknown)"}
+
+
+def etcd_roles(topo: Topology, targets: list[str], ctx: Context) -> dict[str, str]:
+    """{target: "leader" | "follower" | "unknown"} for the targets that are etcd members:
+    killing the leader and killing a follower are different drills."""
+    members = {m.name for m in topo.etcd_members}
+    return {t: ("unknown" if ctx.etcd_leader in (None, "?") else
+                "leader" if t == ctx.etcd_leader else "follower")
+            for t in targets if t in members}
+
+
 @dataclass(frozen=True)
 class Expectation:
     path: str
@@ -97,6 +110,11 @@ def timing(s) -> dict:
         "vrrp_takeover": round(3 * advert + advert * (256 - 140) / 256, 1),
         "vrrp_check": KEEPALIVED_CHECK, "advert_int": advert,
         "etcd_election": ETCD_ELECTION_TIMEOUT,
+        # raft waits a random time in [timeout, 2 x timeout) before it campaigns
+        "etcd_election_max": 2 * ETCD_ELECTION_TIMEOUT,
+        "haproxy_downinter": duration_seconds(hc.downinter or hc.inter),
+        "haproxy_back_up": round(hc.rise * duration_seconds(hc.downinter or hc.inter)
+                                 + check_to, 1),
         "nginx_connect_timeout": NGINX_CONNECT_TIMEOUT, "nginx_fail_timeout": NGINX_FAIL_TIMEOUT,
         "margin": MARGIN,
     }
@@ -251,19 +269,23 @@ def _common_effects(topo, fault, targets, ctx, tm, no_quorum) -> list[_Effect]:
                f"the connection dies ~{ETCD_CLIENT_DEAD:g} s later (gRPC keepalive timeout = "
                "TCP_USER_TIMEOUT), so about one in three API calls hangs meanwhile, on every "
                "access path")
+        within = ETCD_CLIENT_DEAD + 2 * MARGIN
         if leader in hit:
             why = (f"{leader} held the etcd leader: nobody can commit or serve a quorum read "
-                   f"until the others elect a new one after the election timeout "
-                   f"({election:g} s); then: " + why)
+                   f"until the others elect a new one: each waits {election:g}-"
+                   f"{tm['etcd_election_max']:g} s without a heartbeat (a random election "
+                   "timeout), pre-votes, then campaigns, so every API call that needs etcd "
+                   "hangs or fails meanwhile, on every access path; at the same time: " + why)
+            within = max(tm["etcd_election_max"], ETCD_CLIENT_DEAD) + 2 * MARGIN
         elif leader is None:
             why += (f"; if {who} held the etcd leader, everything fails for the election "
-                    f"timeout ({election:g} s) first")
+                    f"({election:g}-{tm['etcd_election_max']:g} s) first")
         after = ""
         if fault == "partition":
             after = ("halab runs etcd with --pre-vote (etcd 3.5's default): the healed member "
                      "asks before it campaigns, so its return forces no new election; its "
                      "etcd and API server still need a few seconds to catch up after the heal")
-        effects.append(_Effect("blip", why, ETCD_CLIENT_DEAD + 2 * MARGIN, after))
+        effects.append(_Effect("blip", why, within, after))
     return effects
 
 
@@ -318,6 +340,18 @@ def _via_haproxy(topo, fault, targets, ctx, tm) -> list[_Effect]:
                 effects.append(_Effect("blip", why, within,
                                        after_restore=f"the VIP may move back to {hit_lbs[0]} "
                                                      "(higher priority): a short blip"))
+    leader = ctx.etcd_leader
+    if fault in ("kill", "partition") and leader in targets and \
+            leader in {m.name for m in topo.etcd_members}:
+        effects.append(_Effect(
+            "blip", f"while etcd has no leader, every API server's /readyz fails (its etcd "
+                    f"check): if the election outlasts HAProxy's checks (fall "
+                    f"{tm['haproxy_fall']}, ~{tm['haproxy_detect_dead']:g} s), HAProxy marks "
+                    "every server DOWN and closes new connections at once (clients see EOF in "
+                    f"the TLS handshake) until {tm['haproxy_rise']} good checks "
+                    f"{tm['haproxy_downinter']:g} s apart after the election "
+                    f"(~{tm['haproxy_back_up']:g} s)",
+            tm["etcd_election_max"] + tm["haproxy_back_up"] + 2 * MARGIN))
     cps = [t for t in targets if t in {c.name for c in topo.control_planes}]
     if cps and fault in APISERVER_LOST:
         if fault == "stop-apiserver":

@@ -86,10 +86,35 @@ def fault(name: str) -> Fault:
                          hint=f"choose one of: {', '.join(FAULTS)}") from None
 
 
+# targets named by their etcd role instead of their name: which node holds the raft
+# leadership decides what a kill does (a leader's death stops every commit and quorum
+# read until the others elect a new one), and it moves from drill to drill
+ETCD_ROLES = ("etcd-leader", "etcd-follower")
+
+
+def by_etcd_role(topo: Topology, word: str, leader: str | None) -> str:
+    """`etcd-leader` / `etcd-follower` -> the member that has that role (`leader` now)."""
+    members = [m.name for m in topo.etcd_members]
+    if not members:
+        raise HalabError(f"{word}: lab {topo.name} has no etcd members of its own", code=2)
+    if leader not in members:
+        raise HalabError(f"{word}: no etcd member answered with a leader just now, so "
+                         "halab cannot tell who leads", code=3,
+                         hint="`halab verify` shows whether etcd is healthy; or name the "
+                              f"node: one of {', '.join(members)}")
+    if word == "etcd-leader":
+        return leader
+    return next(m for m in members if m != leader)
+
+
 def resolve_targets(topo: Topology, name: str, targets: list[str],
-                    vip_holder: str | None = None) -> list[str]:
-    """Check the targets against the fault (and default stop-lb's target); returns node names."""
+                    vip_holder: str | None = None, etcd_leader: str | None = None) -> list[str]:
+    """Check the targets against the fault (and default stop-lb's target); returns node names.
+
+    `etcd-leader` and `etcd-follower` name a node by its etcd role (`etcd_leader` is who
+    leads right now)."""
     f = fault(name)
+    targets = [by_etcd_role(topo, t, etcd_leader) if t in ETCD_ROLES else t for t in targets]
     if name == "stop-lb" and not topo.load_balancers:
         raise HalabError(
             f"stop-lb: lab {topo.name} is Case {topo.case} and has no load balancer "
@@ -118,7 +143,7 @@ def resolve_targets(topo: Topology, name: str, targets: list[str],
             close = difflib.get_close_matches(t, sorted(known), n=1)
             raise HalabError(f"{name}: no node {t!r} in lab {topo.name}", code=2,
                              hint=(f"did you mean {close[0]}? " if close else "")
-                             + f"nodes: {', '.join(known)}")
+                             + f"nodes: {', '.join(known)}; or {' / '.join(ETCD_ROLES)}")
         node = known[t]
         role = node.role
         if name == "stop-lb" and node not in topo.load_balancers:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 
 from ..errors import HalabError
 from ..topology import Topology
@@ -21,6 +22,9 @@ def plan_cases(topo: Topology, fault: str | None, targets: list[str]) -> list[tu
     if fault:
         return [(fault, targets or representative(topo, fault))]
     cases = [(f, representative(topo, f)) for f in faultlib.FAULTS]
+    if topo.etcd_members:
+        # which member leads etcd decides what a kill does: plan both kinds
+        cases[0:1] = [("kill", ["etcd-leader"]), ("kill", ["etcd-follower"])]
     if topo.load_balancers:
         cases.append(("kill", [topo.load_balancers[0].name]))
     if topo.workers:
@@ -34,11 +38,21 @@ def render_plan(topo: Topology, fault: str, targets: list[str], ctx: expect.Cont
     head = f"halab drill {fault} {' '.join(targets)}".rstrip()
     lines = [head, "-" * len(head), textwrap.fill(f"{summary}; restore: {restore}.",
                                                   width, subsequent_indent="  ")]
+    if any(t in faultlib.ETCD_ROLES for t in targets) and ctx.etcd_leader is None:
+        # no lab to ask: plan it as if the first member led (the roles are what matter)
+        ctx = replace(ctx, etcd_leader=topo.etcd_members[0].name)
+        lines.append(f"(no running lab to ask who leads etcd: planned as if "
+                     f"{ctx.etcd_leader} did)")
     try:
-        targets = faultlib.resolve_targets(topo, fault, targets, ctx.vip_holder)
+        targets = faultlib.resolve_targets(topo, fault, targets, ctx.vip_holder,
+                                           etcd_leader=ctx.etcd_leader)
     except HalabError as exc:
         lines.append(f"refused: {exc.message}")
         return "\n".join(lines)
+    roles = expect.etcd_roles(topo, targets, ctx)
+    if roles:
+        lines.append("target: " + ", ".join(f"{t} is {expect.ROLE_WORDS[r]}"
+                                            for t, r in roles.items()))
     why = faultlib.refusals(topo, fault, targets, {})
     if why:
         lines.append(textwrap.fill("refused unless --allow-quorum-loss: " + "; ".join(why),
@@ -59,13 +73,17 @@ def matrix(topo: Topology, cases: list[tuple[str, list]], ctx: expect.Context) -
     from ..table import table
     cols, cells = [], {}
     for f, t in cases:
+        words = " ".join(t)
+        c = ctx
+        if any(w in faultlib.ETCD_ROLES for w in t) and c.etcd_leader is None:
+            c = replace(c, etcd_leader=topo.etcd_members[0].name)   # the role is what counts
         try:
-            t = faultlib.resolve_targets(topo, f, t, ctx.vip_holder)
+            t = faultlib.resolve_targets(topo, f, t, c.vip_holder, etcd_leader=c.etcd_leader)
         except HalabError:
             continue
-        name = f"{f} {' '.join(t)}"
+        name = f"{f} {words}"
         cols.append(name)
-        for key, e in expect.expectations(topo, f, t, ctx).items():
+        for key, e in expect.expectations(topo, f, t, c).items():
             cells[(key, name)] = e.expect.upper() + (f"<{e.within:g}s" if e.within else "")
     keys = [p.key for p in topo.access_paths()] + ["write"]
     rows = [[k] + [cells.get((k, c), "") for c in cols] for k in keys]

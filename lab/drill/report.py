@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..table import table
 from . import journal as jlib, verdict as verdictlib
+from .expect import ROLE_WORDS
 
 
 def paths_of(lab, journal: dict) -> tuple[Path, Path]:
@@ -33,6 +34,13 @@ def _fmt(v, unit="s") -> str:
     return f"{v:.1f}{unit}" if isinstance(v, float) else f"{v}{unit}"
 
 
+def target_words(journal: dict) -> str:
+    """`k8s-node1 (the etcd leader)`: a leader's and a follower's kill are different drills."""
+    roles = journal.get("etcd_roles") or {}
+    return " ".join(t + (f" ({ROLE_WORDS[roles[t]]})" if t in roles else "")
+                    for t in journal.get("targets", []))
+
+
 def verdict_of(journal: dict) -> dict:
     """The stored verdict, or a fresh one (older journals, interrupted drills)."""
     v = journal.get("verdict")
@@ -49,7 +57,7 @@ def terminal(journal: dict) -> str:
     v = verdict_of(journal)
     t = journal.get("times", {})
     inj, res = t.get("inject_start"), t.get("restored")
-    lines = [f"Drill {journal['id']}: {journal['fault']} {' '.join(journal['targets'])} "
+    lines = [f"Drill {journal['id']}: {journal['fault']} {target_words(journal)} "
              f"on lab {journal['lab']} (Case {journal['case']}, {journal.get('provider')}) "
              f"- {journal.get('status')}"]
     if inj:
@@ -322,7 +330,7 @@ def _drill_section(journal: dict, top: bool = False) -> str:
     t = journal.get("times", {})
     h = "h1" if top else "h2"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.get("started", 0)))
-    out = [f"<{h}>{e(journal['fault'])} {e(' '.join(journal['targets']))} &mdash; lab "
+    out = [f"<{h}>{e(journal['fault'])} {e(target_words(journal))} &mdash; lab "
            f"{e(journal['lab'])}, Case {journal['case']}</{h}>",
            f'<div class="muted">drill {e(journal["id"])}, {when}, provider '
            f'{e(str(journal.get("provider")))}, status {e(str(journal.get("status")))}</div>',
