@@ -74,7 +74,7 @@ def etcd_view(topo: Topology, rec: dict, known_ids: dict | None = None) -> dict:
 def one_shot_etcd(lab, topo: Topology, provider, timeout: float = 5.0) -> dict:
     """Who leads etcd right now, and which members did not answer."""
     argv = etcd_probe_argv(lab, topo, provider, timeout=timeout) + ["--count", "1"]
-    cp = provider.run("client", argv, timeout=20)
+    cp = provider.run("client", argv, timeout=timeout * len(topo.etcd_members) + 10)
     for line in cp.stdout.splitlines():
         try:
             return etcd_view(topo, json.loads(line))
@@ -88,7 +88,9 @@ def etcd_check(lab, topo: Topology, provider) -> Check | None:
     leaves a cluster one failure away from losing quorum, and a drill measures nonsense)."""
     if not topo.etcd_members or not (lab.path / "pki" / "apiserver-etcd-client.crt").exists():
         return None   # kubespray keeps etcd's certificates on the nodes
-    view = one_shot_etcd(lab, topo, provider)
+    # an emulated VM answers slowly when busy: the drills' etcd probe allows 15 s there
+    slow = (getattr(provider, "drill_waits", None) or {}).get("probe_timeout", 5.0)
+    view = one_shot_etcd(lab, topo, provider, timeout=max(5.0, slow))
     ok = view["leader"] is not None and not view["down"]
     n = len(topo.etcd_members)
     detail = (f"{n - len(view['down'])}/{n} members answer, leader "

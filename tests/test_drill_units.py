@@ -722,3 +722,15 @@ def test_a_node_worker_that_never_answered_is_reported_dead_not_restarted():
     finally:
         c.stop()
     assert c.snapshot()["prober_restarts"] == {}
+
+
+def test_the_verdict_times_the_election_after_a_leader_kill():
+    j = {"targets": ["k8s-node1"], "context": {"etcd_leader": "k8s-node1"},
+         "times": {"inject_start": 100.0, "restore_start": 160.0},
+         "etcd": [[99.0, "k8s-node1", []], [102.0, "?", []], [104.0, None, ["k8s-node1"]],
+                  [107.5, "k8s-node3", ["k8s-node1"]]]}
+    assert verdict.etcd_election(j) == 7.5
+    # a follower's kill forces no election: nothing to time
+    assert verdict.etcd_election({**j, "context": {"etcd_leader": "k8s-node2"}}) is None
+    # no new leader before the restore: not elected
+    assert verdict.etcd_election({**j, "etcd": j["etcd"][:3]}) is None

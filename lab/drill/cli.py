@@ -87,7 +87,11 @@ def _fault_command(group, name: str):
 
     @group.command(name, help=f"{f.summary[0].upper() + f.summary[1:]}; then {f.restore}.\n\n"
                    f"Probes every access path before, during and after, and compares what "
-                   f"happened with `halab drill plan {name}`.",
+                   f"happened with `halab drill plan {name}`."
+                   + ("" if name == "stop-lb" else
+                      "\n\nTARGET is a node, or etcd-leader / etcd-follower: the etcd member "
+                      "that has that role when the drill starts (a leader's death stops every "
+                      "commit until the others elect a new one; a follower's does not)."),
                    short_help=f.summary.split(":")[0].split("(")[0].strip()[:60])
     @click.argument("targets", nargs=-1, required=name != "stop-lb", metavar=target_help)
     @drill_options
@@ -172,12 +176,14 @@ def register(main: click.Group) -> None:
     @drill.command("run")
     @click.option("--duration", type=click.FloatRange(1, 3600), default=None,
                   help="Seconds each fault stays injected (default: auto per step).")
-    @click.option("--probe-interval", type=click.FloatRange(0.05, 5), default=0.2,
-                  show_default=True)
-    @click.option("--probe-timeout", type=click.FloatRange(0.1, 30), default=1.0,
-                  show_default=True)
-    @click.option("--recovery-timeout", type=click.FloatRange(5, 600), default=60.0,
-                  show_default=True)
+    # None: the provider's fitted values (a VM boots in minutes; emulated VMs probe slower)
+    @click.option("--probe-interval", type=click.FloatRange(0.05, 5), default=None,
+                  help="Seconds between probes of one path (default: the provider's).")
+    @click.option("--probe-timeout", type=click.FloatRange(0.1, 30), default=None,
+                  help="A probe slower than this failed (default: the provider's).")
+    @click.option("--recovery-timeout", type=click.FloatRange(5, 1800), default=None,
+                  help="Max seconds each step waits after its restore (default: the "
+                       "provider's: 60 locally, 600 on VMs).")
     @click.option("--warmup", type=click.FloatRange(0.5, 60), default=2.0, show_default=True)
     @click.option("--pause", type=click.FloatRange(0, 3600), default=0.0,
                   help="Seconds between steps (time to discuss in a workshop).")

@@ -84,6 +84,13 @@ def terminal(journal: dict) -> str:
     shown = {k: s for k, s in det.items() if k.split("/")[-1] in targets or k.endswith("/*")}
     for k, s in sorted(shown.items()):
         lines.append(f"HAProxy marked {k} DOWN {s:.1f} s after injection")
+    for k, s in sorted(det.items()):
+        if k not in shown:   # a server the fault left alone failed /readyz (etcd had no leader?)
+            lines.append(f"HAProxy marked {k} DOWN {s:.1f} s after injection, although the "
+                         "fault left it alone")
+    if v.get("etcd_elected_after") is not None:
+        lines.append(f"etcd elected a new leader {v['etcd_elected_after']:.1f} s after "
+                     "injection")
     if v.get("vip_moved_after") is not None:
         lines.append(f"VIP moved {v['vip_moved_after']:.1f} s after injection")
     for change in lease_changes(journal):

@@ -38,8 +38,11 @@ def steps_of(scenario, topo) -> list[tuple[str, list[str]]]:
         targets = [] if targets is None else [targets] if isinstance(targets, str) \
             else list(targets)
         try:
+            # who leads etcd is known only when the step runs: any member stands in here
             faultlib.resolve_targets(topo, fault, targets, vip_holder=topo.load_balancers[0].name
-                                     if topo.load_balancers else None)
+                                     if topo.load_balancers else None,
+                                     etcd_leader=topo.etcd_members[0].name
+                                     if topo.etcd_members else None)
         except HalabError as exc:
             problems.append(f"{where}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
             continue

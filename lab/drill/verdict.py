@@ -262,7 +262,8 @@ def judge(journal: dict) -> dict:
             "lab_stall_slowest": slowest if stalled_lab else {},
             "lab_stall_excused": sum(p["excused_lab"] for p in paths.values()),
             "haproxy_down_after": haproxy_detection(journal),
-            "vip_moved_after": vip_move(journal)}
+            "vip_moved_after": vip_move(journal),
+            "etcd_elected_after": etcd_election(journal)}
 
 
 def _healthy(journal: dict):
@@ -280,6 +281,18 @@ def haproxy_detection(journal: dict) -> dict:
         if t >= start and str(status).startswith("DOWN") and f"{lb}/{server}" not in out:
             out[f"{lb}/{server}"] = round(t - start, 2)
     return out
+
+
+def etcd_election(journal: dict) -> float | None:
+    """Seconds from injection until etcd had a new leader, when the fault hit the leader."""
+    start, end = _window(journal)
+    old = (journal.get("context") or {}).get("etcd_leader")
+    if start is None or not old or old not in journal.get("targets", []):
+        return None
+    for t, leader, _down in journal.get("etcd", []):
+        if t >= start and leader not in (None, "?", old) and t <= (end or t):
+            return round(t - start, 2)
+    return None
 
 
 def vip_move(journal: dict) -> float | None:

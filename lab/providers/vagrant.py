@@ -369,18 +369,10 @@ class VagrantProvider:
             start(spec.node, ["etcd"])
         rest = [s for s in specs if s not in etcd]
         api = [s for s in rest if s.name == "kube-apiserver"]
-        # The first API server alone (it writes the bootstrap RBAC policy), then the others
-        # in groups of as many as the host has cores: each emulated VM is one host thread,
-        # so one at a time left a core idle (measured: the host 65 % busy while k8s-node1's
-        # API server took 202 s to start)
-        group = max(1, min(len(api) - 1, os.cpu_count() or 1))
-        batches = [api[:1]] + [api[i:i + group] for i in range(1, len(api), group)]
-        for i, batch in enumerate(batches):
-            for spec in batch:
-                start(spec.node, [s.name for s in rest if s.node == spec.node])
-            if i < len(batches) - 1:
-                for spec in batch:
-                    self._wait_url(spec.node, spec.ready_url, progress)
+        for i, spec in enumerate(api):
+            start(spec.node, [s.name for s in rest if s.node == spec.node])
+            if i < len(api) - 1:
+                self._wait_url(spec.node, spec.ready_url, progress)
         others = [s for s in rest if s.node not in {a.node for a in api}]
         for node in dict.fromkeys(s.node for s in others):
             start(node, [s.name for s in others if s.node == node])
