@@ -185,7 +185,9 @@ def test_static_units_start_etcd_everywhere_then_one_api_server_at_a_time(vm_pro
                     "halab-kube-controller-manager halab-kube-scheduler")
         if i < len(cps) - 1:
             ip = prov.topo.node(cp).ip
-            want.append(f"curl -skf --max-time 10 -o /dev/null https://{ip}:6443/readyz")
+            want.append("curl -skf --max-time 10 --retry 100000 --retry-delay 3 "
+                        "--retry-all-errors --retry-max-time 900 -o /dev/null "
+                        f"https://{ip}:6443/readyz")
     # then the Case 2 workers' nginx proxies
     want += ["systemctl start --no-block halab-nginx-proxy" for _ in prov.topo.workers]
     assert prov.topo.workers and calls == want
@@ -198,5 +200,28 @@ def test_static_unit_waits_for_its_api_server_and_never_gives_up():
                                           after_url="https://127.0.0.1:6443/healthz"))
     assert "StartLimitIntervalSec=0" in unit and "Restart=always" in unit
     assert "ExecStartPre=/bin/sh -c 'until curl -skf" in unit and "TimeoutStartSec=infinity" in unit
+    assert "--retry-all-errors" in unit  # one process asks again: no process start per poll
     plain = vprov.systemd_unit(ServiceSpec("k8s-node1", "etcd", ("/opt/halab/bin/etcd",)))
     assert "ExecStartPre" not in plain
+
+
+def test_emulated_control_planes_get_slower_timers_and_real_ones_do_not():
+    """Leader election that survives a 16 s request on an emulated VM; defaults elsewhere."""
+    from lab import controlplane
+    from lab.pki import lab_pki
+    from lab.render import LabSecrets
+    from lab.scenario import load
+    from lab.topology import Topology
+    topo = Topology.of(load(str(Path(__file__).resolve().parents[1] / "scenarios" / "case2.yaml")))
+    pki, secrets = lab_pki(topo), LabSecrets.generate()
+    for emulated in (True, False):
+        def lay(node, emulated=emulated):
+            return controlplane.Layout(base="/var/lib/halab", k8s_bin="/opt/halab/bin",
+                                       local=False, emulated=emulated)
+        specs = controlplane.plan(topo, pki, lay, secrets, "eth1")
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            argv = next(s.argv for s in specs if s.name == name)
+            assert ("--leader-elect-retry-period=10s" in argv) is emulated, (name, emulated)
+            assert ("--leader-elect-renew-deadline=45s" in argv) is emulated
+        api = next(s.argv for s in specs if s.name == "kube-apiserver")
+        assert ("--watch-cache=false" in api) is emulated
