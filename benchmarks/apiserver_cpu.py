@@ -42,6 +42,19 @@ FLAG_SETS = {
     "no priority-and-fairness": ("--enable-priority-and-fairness=false",),
     "halab's emulated flags": EMULATED_APISERVER_FLAGS,
 }
+# `--only NAME,...` picks flag sets; `--env K=V` (repeatable) runs the chosen ones with
+# that environment too (GOGC=400, GOMAXPROCS=1 as on a one-vCPU VM, ...)
+EXTRA_SETS = {
+    "emulated + fewer API groups": EMULATED_APISERVER_FLAGS + (
+        "--runtime-config=api/all=false,api/v1=true,apps/v1=true,"
+        "coordination.k8s.io/v1=true,rbac.authorization.k8s.io/v1=true,"
+        "authentication.k8s.io/v1=true,authorization.k8s.io/v1=true,"
+        "discovery.k8s.io/v1beta1=true,events.k8s.io/v1=true,policy/v1beta1=true,"
+        "storage.k8s.io/v1=true,scheduling.k8s.io/v1=true,apiregistration.k8s.io/v1=true,"
+        "certificates.k8s.io/v1=true,admissionregistration.k8s.io/v1=true,"
+        "apiextensions.k8s.io/v1=true,batch/v1=true,autoscaling/v1=true,"
+        "networking.k8s.io/v1=true,node.k8s.io/v1beta1=true",),
+}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -68,12 +81,13 @@ def apiserver_argv(lab_dir: Path, topo, k8s_bin: str, flags) -> list[str]:
             f"--etcd-prefix=/bench-{uuid.uuid4().hex[:8]}", *flags]
 
 
-def measure(ns: str, argv: list[str], idle: float, log: Path) -> tuple[float, float, float]:
+def measure(ns: str, argv: list[str], idle: float, log: Path,
+            extra_env: dict | None = None) -> tuple[float, float, float]:
     """(seconds to /readyz 200, CPU-seconds until then, idle CPU % of one core)."""
     t0 = time.monotonic()
     with log.open("w") as err:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.DEVNULL,
-                                stderr=err)
+                                stderr=err, env={**os.environ, **(extra_env or {})})
     try:
         while True:
             if proc.poll() is not None:
@@ -84,10 +98,12 @@ def measure(ns: str, argv: list[str], idle: float, log: Path) -> tuple[float, fl
                                   capture_output=True, text=True).stdout
             if code == "200":
                 break
-            if time.monotonic() - t0 > 300:
-                raise SystemExit(f"kube-apiserver not ready after 300 s; see {log}")
+            if time.monotonic() - t0 > 900:
+                raise SystemExit(f"kube-apiserver not ready after 900 s; see {log}")
             time.sleep(0.1)
         ready, at_ready = time.monotonic() - t0, cpu_seconds(proc.pid)
+        if idle <= 0:  # --idle 0: the start only
+            return ready, at_ready, float("nan")
         time.sleep(60)
         a = cpu_seconds(proc.pid)
         time.sleep(idle)
@@ -103,9 +119,20 @@ def measure(ns: str, argv: list[str], idle: float, log: Path) -> tuple[float, fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--idle", type=float, default=120.0, help="seconds of idle measured")
+    ap.add_argument("--idle", type=float, default=120.0, help="seconds of idle measured (0: the start only)")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--only", default="", help="comma-separated flag set names "
+                    f"(default: {', '.join(FLAG_SETS)}; also: {', '.join(EXTRA_SETS)})")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V",
+                    help="also run each chosen set with this environment variable")
+    ap.add_argument("--wrap", default="", help="run kube-apiserver through this command, "
+                    "e.g. 'qemu-x86_64 -cpu qemu64' (user-mode TCG: the CPU emulation "
+                    "an emulated VM adds, without its devices)")
     args = ap.parse_args()
+    wrap = args.wrap.split()
+    every = {**FLAG_SETS, **EXTRA_SETS}
+    chosen = {n: every[n] for n in args.only.split(",") if n} or FLAG_SETS
+    envs = [{}] + [dict([kv.split("=", 1)]) for kv in args.env]
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
     lab = f"acb{os.getpid() % 10000}"
@@ -124,13 +151,17 @@ def main() -> None:
         ns = f"halab-{lab}-{topo.control_planes[0].name}"
         print(f"extra kube-apiserver in {ns} ({state['k8s_bin_dir']}); idle over {args.idle:g} s "
               f"after a 60 s settle")
-        for name, flags in FLAG_SETS.items():
-            for run in range(args.runs):
-                argv = apiserver_argv(root / ".halab" / lab, topo, state["k8s_bin_dir"], flags)
-                ready, cpu, idle = measure(ns, argv, args.idle, root / f"apiserver-{run}.log")
-                print(f"  {name:<26} ready {ready:5.1f} s, {cpu:4.1f} CPU-s to ready, "
-                      f"idle {idle:4.1f} % of a core  [{' '.join(flags) or 'no extra flags'}]",
-                      flush=True)
+        for name, flags in chosen.items():
+            for extra in envs:
+                label = name + "".join(f" {k}={v}" for k, v in extra.items())
+                for run in range(args.runs):
+                    argv = apiserver_argv(root / ".halab" / lab, topo, state["k8s_bin_dir"],
+                                          flags)
+                    ready, cpu, idle = measure(ns, wrap + argv, args.idle,
+                                               root / f"apiserver-{run}.log", extra)
+                    print(f"  {label:<34} ready {ready:5.1f} s, {cpu:4.1f} CPU-s to ready, "
+                          f"idle {idle:4.1f} % of a core  [{' '.join(flags) or 'no extra flags'}]",
+                          flush=True)
     finally:
         cleanup(lab, root)
 
