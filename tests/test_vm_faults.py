@@ -225,3 +225,10 @@ def test_emulated_control_planes_get_slower_timers_and_real_ones_do_not():
             assert ("--leader-elect-renew-deadline=45s" in argv) is emulated
         api = next(s.argv for s in specs if s.name == "kube-apiserver")
         assert ("--watch-cache=false" in api) is emulated
+
+
+def test_drills_read_a_vm_load_balancer_once_a_second_and_a_local_one_often(vm_provider):
+    """An SSH session per read, back to back, kept an emulated admin-lb at 56 % of a core."""
+    from lab.drill.engine import state_poll_interval
+    assert state_poll_interval(vm_provider()) == 1.0
+    assert state_poll_interval(object()) == 0.25   # a local lab: a socket next door

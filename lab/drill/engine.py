@@ -84,7 +84,17 @@ class Settings:
 
 LOCAL_WAITS = {"recovery_timeout": 60.0, "steady_wait": 15.0, "after_wait": 90.0,
                "probe_interval": 0.2, "probe_timeout": 1.0, "write_interval": 0.5,
-               "lease_interval": 1.0}
+               "lease_interval": 1.0, "state_poll_interval": 0.25}
+
+
+def state_poll_interval(provider) -> float:
+    """Seconds between two reads of HAProxy's states and of the VIP's holder.
+
+    Each read is a command on the load balancer: nothing locally, but an SSH session
+    and a process on a VM (polled back to back, it kept an emulated admin-lb at 56 %
+    of a host core: CPU the starting control planes needed).
+    """
+    return {**LOCAL_WAITS, **getattr(provider, "drill_waits", {})}["state_poll_interval"]
 
 
 @dataclass
@@ -339,7 +349,7 @@ class Collector:
                     with self.lock:
                         self.haproxy.append([round(t, 3), lb, server, status, check])
             last = now
-            self.stopping.wait(0.25)
+            self.stopping.wait(state_poll_interval(self.provider))
 
     def _poll_vip(self) -> None:
         vip = str(self.topo.lb_address)
@@ -355,7 +365,7 @@ class Collector:
                 with self.lock:
                     self.vip.append([round(t, 3), holders])
                 last = holders
-            self.stopping.wait(0.25)
+            self.stopping.wait(state_poll_interval(self.provider))
 
     # --- queries
     def since(self, key: str, t0: float) -> list:

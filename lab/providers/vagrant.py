@@ -201,7 +201,9 @@ class VagrantProvider:
         """A drill's waits: a killed VM boots again (vagrant up) before its units start.
         Emulated VMs get slower probes (each is a TLS handshake, costly there) with more
         time to answer (a busy emulated API server takes a second for a handshake)."""
-        waits = {"recovery_timeout": 600.0, "steady_wait": 120.0, "after_wait": 600.0}
+        waits = {"recovery_timeout": 600.0, "steady_wait": 120.0, "after_wait": 600.0,
+                 # HAProxy's states over SSH: a second's resolution is what its checks have
+                 "state_poll_interval": 1.0}
         if self.emulated:
             waits.update(probe_interval=1.0, probe_timeout=15.0, write_interval=2.0,
                          lease_interval=2.0)
