@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import click
 
 from .commands import PROVIDERS, lab_options, open_lab
+
+
+def remote_command(command: list[str]) -> list[str]:
+    """`halab ssh NODE -- CMD` on a VM: one argument is a shell command line, as with
+    ssh; several are an argv, quoted for the VM's shell (ssh joins its arguments with
+    spaces, so `sudo sh -c "a; b"` would otherwise run `sh -c a` and then `b`)."""
+    return [shlex.join(command)] if len(command) > 1 else command
+
+
+def local_command(command: list[str]) -> list[str]:
+    """The same on a local lab's node: one argument goes through sh, several are exec'd."""
+    return ["sh", "-c", command[0]] if len(command) == 1 else command
 
 
 def register(main: click.Group) -> None:
@@ -46,7 +59,11 @@ def register(main: click.Group) -> None:
     @lab_options
     @handle_errors
     def ssh_cmd(lab, node, command):
-        """Open a shell on NODE, or run `-- CMD` there."""
+        """Open a shell on NODE, or run `-- CMD` there.
+
+        One CMD argument is a shell command line (`-- 'journalctl | tail'`); several
+        are a command and its arguments, passed as they are (`-- sudo sh -c "a; b"`).
+        """
         s, topo, prov = open_lab(lab)
         names = [n.name for n in topo.nodes]
         if node not in names:
@@ -57,9 +74,10 @@ def register(main: click.Group) -> None:
             command = command[1:]
         if s.provider == "local":
             from . import netns
-            argv = netns.exec_prefix(prov.ns(node)) + (command or [os.environ.get("SHELL", "bash")])
+            argv = netns.exec_prefix(prov.ns(node)) + (local_command(command) or
+                                                       [os.environ.get("SHELL", "bash")])
         else:
-            argv = prov.ssh_argv(node, command)
+            argv = prov.ssh_argv(node, remote_command(command))
             os.chdir(lab.path)
         os.execvp(argv[0], argv)
 

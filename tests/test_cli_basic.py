@@ -241,3 +241,15 @@ def test_extends_a_file_next_to_the_scenario(tmp_path, monkeypatch):
         ("admin-lb", "192.168.10.20"), ("k8s-node1", "192.168.10.21"),
         ("k8s-node2", "192.168.10.22"), ("k8s-node3", "192.168.10.23"),
         ("k8s-node4", "192.168.10.24")]
+
+
+def test_ssh_command_is_one_shell_line_or_an_argv_on_every_provider():
+    """`halab ssh NODE -- sudo sh -c "a; b"` must not become `sh -c a` then `b` on a VM."""
+    import shlex
+    from lab.vmcommands import local_command, remote_command
+    argv = ["sudo", "sh", "-c", "cat /etc/hosts; sshd -T | grep -i '^pass'"]
+    (line,) = remote_command(argv)
+    assert shlex.split(line) == argv          # what the VM's shell runs is that argv
+    assert remote_command(["journalctl | tail"]) == ["journalctl | tail"]
+    assert local_command(["journalctl | tail"]) == ["sh", "-c", "journalctl | tail"]
+    assert local_command(argv) == argv and remote_command([]) == local_command([]) == []

@@ -179,7 +179,7 @@ def test_static_units_start_etcd_everywhere_then_one_api_server_at_a_time(vm_pro
     prov._start_units(specs, progress.append)
     calls = [c for c in vm_provider.calls()]
     cps = [c.name for c in prov.topo.control_planes]
-    want = [f"systemctl start --no-block halab-etcd" for _ in cps]
+    want = ["systemctl start --no-block halab-etcd" for _ in cps]
     for i, cp in enumerate(cps):
         want.append("systemctl start --no-block halab-kube-apiserver "
                     "halab-kube-controller-manager halab-kube-scheduler")
