@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import stat
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -253,3 +256,17 @@ def test_ssh_command_is_one_shell_line_or_an_argv_on_every_provider():
     assert remote_command(["journalctl | tail"]) == ["journalctl | tail"]
     assert local_command(["journalctl | tail"]) == ["sh", "-c", "journalctl | tail"]
     assert local_command(argv) == argv and remote_command([]) == local_command([]) == []
+
+
+@pytest.mark.parametrize("verb", [["status"], ["ssh", "k8s-node1", "--", "true"], ["destroy"],
+                                  ["drill", "plan"], ["verify"]])
+def test_a_verb_outside_any_lab_says_so_in_one_line_with_the_fix(verb, tmp_path, monkeypatch):
+    """Finding the lab is part of the verb: no traceback when there is none."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HALAB_LABS_DIR", raising=False)
+    result = subprocess.run([sys.executable, "-m", "lab.cli", *verb], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "HALAB_DEBUG": ""})
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert f"halab: error: no lab in {tmp_path / '.halab'}" in result.stderr
+    assert "halab: fix: create one with `halab up SCENARIO`" in result.stderr
