@@ -208,13 +208,23 @@ def status(lab: Lab) -> int:
 
 # ------------------------------------------------------------------ verify
 
-def verify(lab: Lab, write: bool = True) -> int:
+def verify(lab: Lab, write: bool = True, wait: float = 0) -> int:
+    """One round of checks; with `wait`, rounds every 10 s until all pass or it is up
+    (an emulated lab is busy for minutes after a deploy or a boot)."""
     from .verify import run_checks
     s, topo, prov = open_lab(lab)
-    checks = run_checks(lab, topo, prov, write=write)
+    deadline = time.monotonic() + wait
+    while True:
+        checks = run_checks(lab, topo, prov, write=write)
+        failed = [c for c in checks if not c.ok]
+        left = deadline - time.monotonic()
+        if not failed or left <= 0:
+            break
+        echo_step(f"{len(failed)} check(s) failed ({', '.join(c.target for c in failed)}); "
+                  f"checking again, {left:.0f} s left")
+        time.sleep(min(10.0, max(left, 0.1)))
     rows = [[c.name, c.target, "OK" if c.ok else "FAIL", c.detail] for c in checks]
     click.echo(table(["CHECK", "TARGET", "RESULT", "DETAIL"], rows))
-    failed = [c for c in checks if not c.ok]
     lab.event("verify", ok=not failed, failed=[c.target for c in failed])
     if failed:
         click.echo(f"\n{len(failed)} check(s) failed:")
@@ -288,11 +298,14 @@ def register(main: click.Group) -> None:
 
     @main.command("verify")
     @click.option("--no-write", is_flag=True, help="Skip the ConfigMap write check.")
+    @click.option("--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+                  show_default=True,
+                  help="Check again every 10 s until every check passes or SECONDS pass.")
     @lab_options
-    def verify_cmd(lab, no_write):
+    def verify_cmd(lab, no_write, wait):
         """Check every access path, HAProxy backends, leases and a write."""
         from .cli import handle_errors
-        sys.exit(handle_errors(verify)(lab, write=not no_write))
+        sys.exit(handle_errors(verify)(lab, write=not no_write, wait=wait))
 
     @main.command("destroy")
     @click.option("--force", is_flag=True, help="Also remove a lab whose scenario is gone.")

@@ -101,3 +101,28 @@ def test_the_probe_command_runs_the_real_prober(tmp_path):
     (line,) = cp.stdout.splitlines()
     rec = json.loads(line)
     assert rec["ok"] is False and rec["err"]
+
+
+def test_verify_wait_checks_again_until_every_check_passes_or_time_is_up(monkeypatch, tmp_path):
+    """`halab verify --wait N`: a busy lab gets N seconds; the last round is the answer."""
+    from lab import commands, verify
+    from lab.verify import Check
+
+    class FakeLab:
+        name, events = "busy", []
+
+        def event(self, what, **kw):
+            self.events.append((what, kw))
+
+    rounds = iter([[Check("access path", "external", False, "EOF")],
+                   [Check("access path", "external", True, "ok")]])
+    monkeypatch.setattr(commands, "open_lab", lambda lab: (None, None, None))
+    monkeypatch.setattr(verify, "run_checks", lambda *a, **k: next(rounds))
+    monkeypatch.setattr(commands.time, "sleep", lambda s: None)
+    lab = FakeLab()
+    assert commands.verify(lab, wait=60) == 0
+    assert lab.events == [("verify", {"ok": True, "failed": []})]
+    # without --wait one failing round is the answer
+    monkeypatch.setattr(verify, "run_checks",
+                        lambda *a, **k: [Check("access path", "external", False, "EOF")])
+    assert commands.verify(FakeLab(), wait=0) == 1
