@@ -60,7 +60,15 @@ def load_scenario(ref: str, provider: str | None = None, quiet: bool = False):
     return s
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Halab(click.Group):
+    """The command group: every verb's errors end here as one line and its fix, also
+    those raised before the verb's own body runs (no lab in this folder, ...)."""
+
+    def invoke(self, ctx):
+        return handle_errors(super().invoke)(ctx)
+
+
+@click.group(cls=_Halab, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(package_name="halab")
 def main(debug):

@@ -29,11 +29,8 @@ def lab_options(fn):
                   help="Folder holding labs (default ./.halab).")
     @functools.wraps(fn)
     def wrapper(*args, lab_name=None, labs_dir=None, **kwargs):
-        # finding the lab fails outside any lab: that too is one line and its fix,
-        # not a traceback (the verb's own error handling sits inside this wrapper)
-        from .cli import handle_errors
-        return handle_errors(lambda: fn(*args, lab=find_lab(lab_name, labs_root(labs_dir)),
-                                        **kwargs))()
+        lab = find_lab(lab_name, labs_root(labs_dir))
+        return fn(*args, lab=lab, **kwargs)
     return wrapper
 
 

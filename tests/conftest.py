@@ -4,9 +4,9 @@ The VM test bed is session-scoped and holds a machine-wide lock: importing it in
 each module would make pytest create one per module, and the second would wait
 for the first's lock until the session ends.
 """
-from tests.support.vmtestbed import vm_testbed  # noqa: F401
-
 import signal
+
+from tests.support.vmtestbed import vm_testbed  # noqa: F401
 
 # Started in the background by a non-interactive shell (`bash .ci/run &`, nohup), a
 # process begins with SIGINT ignored, and every program it starts inherits that: the

@@ -229,6 +229,7 @@ def test_emulated_control_planes_get_slower_timers_and_real_ones_do_not():
 
 def test_drills_read_a_vm_load_balancer_once_a_second_and_a_local_one_often(vm_provider):
     """An SSH session per read, back to back, kept an emulated admin-lb at 56 % of a core."""
-    from lab.drill.engine import state_poll_interval
-    assert state_poll_interval(vm_provider()) == 1.0
-    assert state_poll_interval(object()) == 0.25   # a local lab: a socket next door
+    from lab.drill.engine import Settings
+    assert Settings().fitted(vm_provider()).state_poll_interval == 1.0
+    assert Settings().fitted(object()).state_poll_interval == 0.25   # a local lab
+    assert Settings(state_poll_interval=3.0).fitted(vm_provider()).state_poll_interval == 3.0

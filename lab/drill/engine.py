@@ -54,6 +54,10 @@ class Settings:
     probe_path: str = "/api/v1/namespaces/default"
     write_interval: float | None = None  # None: the provider's (0.5 s locally)
     lease_interval: float | None = None  # leases and etcd members (None: 1 s locally)
+    # between two reads of HAProxy's states and the VIP's holder: a socket next door
+    # locally, an SSH session and a process on a VM (read back to back, that kept an
+    # emulated admin-lb at 56 % of a host core). None: the provider's (0.25 s locally)
+    state_poll_interval: float | None = None
     recovery_timeout: float | None = None  # after restore, until every path is OK again
     #                                 (None: the provider's, 60 s for the local provider)
     stable: float = 2.0             # "recovered" = this long without a failed probe ...
@@ -78,6 +82,8 @@ class Settings:
                        probe_timeout=self.probe_timeout or waits["probe_timeout"],
                        write_interval=self.write_interval or waits["write_interval"],
                        lease_interval=self.lease_interval or waits["lease_interval"],
+                       state_poll_interval=(self.state_poll_interval
+                                            or waits["state_poll_interval"]),
                        steady_wait=max(self.steady_wait, waits["steady_wait"]),
                        after_wait=max(self.after_wait, waits["after_wait"]))
 
@@ -85,16 +91,6 @@ class Settings:
 LOCAL_WAITS = {"recovery_timeout": 60.0, "steady_wait": 15.0, "after_wait": 90.0,
                "probe_interval": 0.2, "probe_timeout": 1.0, "write_interval": 0.5,
                "lease_interval": 1.0, "state_poll_interval": 0.25}
-
-
-def state_poll_interval(provider) -> float:
-    """Seconds between two reads of HAProxy's states and of the VIP's holder.
-
-    Each read is a command on the load balancer: nothing locally, but an SSH session
-    and a process on a VM (polled back to back, it kept an emulated admin-lb at 56 %
-    of a host core: CPU the starting control planes needed).
-    """
-    return {**LOCAL_WAITS, **getattr(provider, "drill_waits", {})}["state_poll_interval"]
 
 
 @dataclass
@@ -187,11 +183,13 @@ def holder_node(identity: str | None) -> str | None:
 class Collector:
     """Starts the probe workers and pollers; keeps everything they report."""
 
-    def __init__(self, topo, provider, specs: list[ProbeSpec], echo=lambda m: None):
+    def __init__(self, topo, provider, specs: list[ProbeSpec], echo=lambda m: None,
+                 state_poll_interval: float = 0.25):
         self.topo = topo
         self.provider = provider
         self.specs = specs
         self.echo = echo
+        self.state_poll_interval = state_poll_interval
         self.lock = threading.Lock()
         self.probes: dict[str, list] = defaultdict(list)
         self.leases: list = []      # [t, {lease: holder identity}] on change
@@ -349,7 +347,7 @@ class Collector:
                     with self.lock:
                         self.haproxy.append([round(t, 3), lb, server, status, check])
             last = now
-            self.stopping.wait(state_poll_interval(self.provider))
+            self.stopping.wait(self.state_poll_interval)
 
     def _poll_vip(self) -> None:
         vip = str(self.topo.lb_address)
@@ -365,7 +363,7 @@ class Collector:
                 with self.lock:
                     self.vip.append([round(t, 3), holders])
                 last = holders
-            self.stopping.wait(state_poll_interval(self.provider))
+            self.stopping.wait(self.state_poll_interval)
 
     # --- queries
     def since(self, key: str, t0: float) -> list:
@@ -643,7 +641,8 @@ class Drill:
     def _run_probed(self, drill_id: str) -> dict:
         s = self.s
         specs = probe_plan(self.lab, self.topo, self.provider, self.targets, s, drill_id)
-        self.collector = Collector(self.topo, self.provider, specs, self.say)
+        self.collector = Collector(self.topo, self.provider, specs, self.say,
+                                   s.state_poll_interval)
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
         recorded = False
         status = "completed"
