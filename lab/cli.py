@@ -43,6 +43,9 @@ def handle_errors(fn):
             sys.exit(exc.code)
         except KeyboardInterrupt:
             click.echo("halab: interrupted", err=True)
+            click.echo("halab: fix: `halab status` shows what is there; the same command "
+                       "again continues where it stopped; `halab destroy` removes the lab",
+                       err=True)
             sys.exit(130)
     return wrapper
 
