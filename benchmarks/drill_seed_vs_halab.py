@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,9 +46,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import netns  # noqa: E402
+from tests.support import netns_sweep  # noqa: E402
 from lab.commands import open_lab  # noqa: E402
-from lab.labdir import Lab  # noqa: E402
+from lab.state import Lab  # noqa: E402
 
 TARGET = "k8s-node1"
 
@@ -216,15 +215,7 @@ class Bench:
     def destroy(self):
         self.halab("drill", "restore", "--no-wait", check=False, timeout=120)
         self.halab("destroy", "--force", check=False, timeout=300)
-        for ns in netns.lab_namespaces(self.name):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            netns.delete(ns)
+        netns_sweep.sweep(self.name)
 
 
 def summary(j: dict, key: str = "external") -> dict:

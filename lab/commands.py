@@ -14,7 +14,7 @@ import click
 from . import kubeconfig as kc
 from . import render
 from .errors import HalabError
-from .labdir import Lab, find_lab, labs_root
+from .state import Lab, find_lab, labs_root
 from .table import table
 from .topology import Topology
 
@@ -41,16 +41,32 @@ def open_lab(lab: Lab, k8s_bin_dir: str | None = None, need_k8s: bool = False):
     must be found now (a lab made with `up --no-deploy` has none recorded yet); the
     folder found is recorded in the lab state for later verbs.
     """
-    from . import providers, scenario
-    state = lab.state()
-    s = scenario.load(state["scenario_file"], provider=state.get("provider"))
+    from . import providers
+    rec = lab.record()
+    s = scenario_of(lab, rec)
     topo = Topology.of(s)
-    bin_dir = k8s_bin_dir or state.get("k8s_bin_dir")
+    bin_dir = k8s_bin_dir or rec.k8s_bin_dir
     if need_k8s:
         bin_dir = _resolve_k8s(bin_dir, True)
-        if bin_dir != state.get("k8s_bin_dir"):
+        if bin_dir != rec.k8s_bin_dir:
             lab.update(k8s_bin_dir=bin_dir)
     return s, topo, providers.for_lab(lab, topo, bin_dir)
+
+
+def scenario_of(lab: Lab, rec=None):
+    """The scenario the lab was built from, out of its record (never the YAML file)."""
+    from . import scenario
+    rec = rec or lab.record()
+    if rec.scenario:
+        return scenario.from_record(rec.scenario, rec.scenario_file or str(lab.state_path))
+    if not rec.scenario_file:
+        raise HalabError(f"the record of lab {lab.name} ({lab.state_path}) holds no scenario",
+                         hint="restore the file from a backup; `halab up SCENARIO` again "
+                              "records it anew")
+    # a lab made by an earlier halab: its record names the file only; record it now
+    s = scenario.load(rec.scenario_file, provider=rec.provider or None)
+    lab.update(scenario=scenario.as_record(s))
+    return s
 
 
 def echo_step(msg: str) -> None:
@@ -68,7 +84,7 @@ def _resolve_k8s(explicit: str | None, required: bool) -> str | None:
 
 def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | None,
        k8s_bin_dir: str | None, doctor: bool = True) -> Lab:
-    from . import deploy_static, providers, scenario
+    from . import providers, scenario
     from .cli import _print_warnings
     s = scenario.load(scenario_ref, provider=provider)
     _print_warnings(s.warnings)
@@ -78,12 +94,11 @@ def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | No
         from .providers.local import require_root
         require_root()
     lab = Lab(labs_root(labs_dir) / s.name)
-    state = lab.state()
-    if state and state.get("provider") and state["provider"] != s.provider:
-        raise HalabError(f"lab {s.name} already exists with provider {state['provider']}",
-                         hint=f"`halab destroy --lab {s.name}` first, or use that provider")
+    rec = lab.record()
+    if lab.exists():
+        s = _compare_with_record(lab, rec, s)
     needs_k8s = s.provider == "local" or s.deployer == "static"
-    bin_dir = _resolve_k8s(k8s_bin_dir or state.get("k8s_bin_dir"), needs_k8s and deploy)
+    bin_dir = _resolve_k8s(k8s_bin_dir or rec.k8s_bin_dir, needs_k8s and deploy)
     prov = providers.for_lab(lab, topo, bin_dir)
     if s.provider == "local":
         prov.preflight(need_k8s=deploy)
@@ -91,6 +106,38 @@ def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | No
         from .doctor import run_doctor
         run_doctor(s, echo=click.echo, fail_on_error=True)
 
+    with lab.lock("up"):
+        return _up(lab, s, topo, prov, rec, bin_dir, deploy)
+
+
+def _compare_with_record(lab: Lab, rec, s):
+    """`up` on an existing lab: the YAML against what the lab was built from."""
+    from . import scenario
+    if not rec.scenario:
+        return s
+    diff = scenario.changes(rec.scenario, scenario.as_record(s))
+    if not diff:
+        return s
+    rows = [f"  {field}: {_short(old)} -> {_short(new)}" for field, old, new in diff]
+    built = [f for f, _, _ in diff if f.split(".")[0] not in scenario.LIVE_FIELDS]
+    if built:
+        raise HalabError(f"lab {lab.name} was built from another version of {s.source}; "
+                         f"changed since:\n" + "\n".join(rows), code=2,
+                         hint=f"undo the change to continue the lab as built, or "
+                              f"`halab destroy --lab {lab.name}` and `halab up` again to build "
+                              f"the new one")
+    click.echo("halab: the scenario changed since `up` (taken over, nothing to rebuild):")
+    click.echo("\n".join(rows))
+    return s
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _up(lab: Lab, s, topo, prov, rec, bin_dir, deploy) -> Lab:
+    from . import deploy_static, scenario
     click.echo(f"halab: lab {s.name} (Case {s.case}, {s.provider}) in {lab.path}")
     # render: secrets are made once per lab and kept
     keys = lab.path / "keys"
@@ -99,9 +146,10 @@ def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | No
     files = render.render(s, secrets)
     lab.path.mkdir(parents=True, exist_ok=True)
     render.write(files, secrets, lab.path)
-    lab.update(scenario_file=str(Path(s.source).resolve()), provider=s.provider,
-               name=s.name, case=s.case, k8s_bin_dir=bin_dir,
-               created_at=state.get("created_at", time.time()), phase="rendered")
+    lab.update(scenario_file=str(Path(s.source).resolve()), scenario=scenario.as_record(s),
+               provider=s.provider, name=s.name, case=s.case, deployer=s.deployer,
+               k8s_bin_dir=bin_dir, created_at=rec.created_at or time.time(),
+               phase="rendered" if rec.phase in ("", "rendered") else rec.phase)
     lab.event("rendered", files=len(files))
     t0 = time.monotonic()
     with lab.step("up"):
@@ -157,9 +205,8 @@ def lab_health(machine_states: dict, deploy_state: str | None, faults: dict,
     return "Running"
 
 
-def deploy_state_of(state: dict) -> str | None:
+def deploy_state_of(deploy: dict) -> str | None:
     """The deploy state, with a deploy whose halab process died counted as interrupted."""
-    deploy = state.get("deploy") or {}
     word = deploy.get("state")
     pid = deploy.get("pid")
     if word in ("starting", "deploying") and pid and not _alive(pid):
@@ -180,8 +227,8 @@ def _alive(pid: int) -> bool:
 
 def status(lab: Lab) -> int:
     s, topo, prov = open_lab(lab)
-    state = lab.state()
-    faults = state.get("faults", {})
+    rec = lab.record()
+    faults = rec.faults
     rows, machines, svc_states = [], {}, {}
     for n in topo.nodes:
         m = prov.machine_state(n.name)
@@ -193,7 +240,7 @@ def status(lab: Lab) -> int:
             svc_states.update({f"{n.name}/{k}": v for k, v in node_svcs.items()})
             services = " ".join(f"{k}:{v}" for k, v in node_svcs.items()) or "-"
         rows.append([n.name, n.role.replace("_", "-"), n.ip, m, services])
-    deploy = deploy_state_of(state)
+    deploy = deploy_state_of(rec.deploy)
     health = lab_health(machines, deploy, faults, svc_states)
     click.echo(f"{lab.name}: {health}")
     click.echo(f"  Case {s.case}, provider {s.provider}, deploy: {deploy or 'not deployed'}"
@@ -235,24 +282,26 @@ def verify(lab: Lab, write: bool = True, wait: float = 0) -> int:
 # ------------------------------------------------------------------ destroy
 
 def destroy(lab: Lab, force: bool = False) -> None:
-    state = lab.state()
-    try:
+    """Remove exactly what the lab's record lists; `force` only skips the question."""
+    with lab.lock("destroy"):
         s, topo, prov = open_lab(lab)
-    except HalabError:
-        if not force:
-            raise
-        prov = None
-    merged = state.get("kubeconfig_merged") or []
-    if merged:
-        path = Path(state.get("kubeconfig_merged_into") or kc.user_kubeconfig_path())
-        if path.exists():
-            kc.write(path, kc.unmerge(kc.load(path), merged))
-            click.echo(f"  removed {len(merged)} entries from {path}")
-    left = prov.destroy(progress=echo_step) if prov else []
-    if left:
-        raise HalabError(f"destroy left: {', '.join(left)}",
-                         hint="run `halab destroy --force` again; the lab folder was kept")
-    shutil.rmtree(lab.path)
+        rec = lab.record()
+        if not force and sys.stdin.isatty():
+            what = f"{len(topo.nodes)} {'VMs' if s.provider != 'local' else 'nodes'}"
+            click.confirm(f"destroy lab {lab.name} ({what}, Case {s.case}, {s.provider})?",
+                          abort=True)
+        if rec.kubeconfig_merged:
+            path = Path(rec.kubeconfig_merged_into or kc.user_kubeconfig_path())
+            if path.exists():
+                kc.write(path, kc.unmerge(kc.load(path), rec.kubeconfig_merged))
+                click.echo(f"  removed {len(rec.kubeconfig_merged)} entries from {path}")
+            lab.update(kubeconfig_merged=[])
+        left = prov.destroy(progress=echo_step)
+        if left:
+            raise HalabError(f"destroy left: {', '.join(left)}",
+                             hint="run `halab destroy` again; the lab folder and its record "
+                                  "were kept")
+        shutil.rmtree(lab.path)
     click.echo(f"halab: lab {lab.name} destroyed; nothing left behind")
 
 
@@ -305,7 +354,7 @@ def register(main: click.Group) -> None:
         sys.exit(handle_errors(verify)(lab, write=not no_write, wait=wait))
 
     @main.command("destroy")
-    @click.option("--force", is_flag=True, help="Also remove a lab whose scenario is gone.")
+    @click.option("--force", "-f", is_flag=True, help="Do not ask first.")
     @lab_options
     def destroy_cmd(lab, force):
         """Remove the lab: machines, processes, namespaces, kubeconfig entries, lab folder."""

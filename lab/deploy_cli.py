@@ -14,7 +14,7 @@ import click
 from . import kubeconfig as kc
 from .commands import echo_step, lab_options, open_lab
 from .errors import HalabError
-from .labdir import Lab
+from .state import Lab
 from .table import table
 
 KUBESPRAY_ONLY = ("--reset", "--limit", "--tags")
@@ -27,6 +27,11 @@ def uses_kubespray(scenario) -> bool:
 def run_deploy(lab: Lab, reset: bool = False, limit: str | None = None, tags: str | None = None,
                verify: bool = True, k8s_bin_dir: str | None = None) -> int:
     """Deploy, record the result in the lab state, verify; returns the exit code."""
+    with lab.lock("deploy"):
+        return _run_deploy(lab, reset, limit, tags, verify, k8s_bin_dir)
+
+
+def _run_deploy(lab: Lab, reset, limit, tags, verify, k8s_bin_dir) -> int:
     from . import deploy_static, kubespray
     s, topo, prov = open_lab(lab, k8s_bin_dir)
     if not uses_kubespray(s):

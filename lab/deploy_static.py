@@ -7,10 +7,14 @@ provider and VMs share it.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
+
 from . import kubeconfig, pki as pkilib
 from .errors import HalabError
-from .labdir import Lab
+from .state import Lab
 from .render import LabSecrets
 from .topology import Topology
 
@@ -18,16 +22,20 @@ from .topology import Topology
 def load_or_create_pki(lab: Lab, topo: Topology) -> dict:
     """The lab's certificates: generated once, kept in `<lab>/pki/`."""
     folder = lab.path / "pki"
-    if (folder / "ca.crt").exists():
+    if folder.is_dir():
         return {str(p.relative_to(folder)): p.read_bytes()
                 for p in sorted(folder.rglob("*")) if p.is_file()}
     files = pkilib.lab_pki(topo)
-    for rel, data in files.items():
-        path = folder / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.chmod(0o600 if rel.endswith(".key") else 0o644)
-        path.write_bytes(data)
+    # the whole PKI or none: written beside, then renamed in one step (a crash midway
+    # must not leave a partial PKI that every later deploy would reuse)
+    lab.path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pki.", dir=lab.path))
+    try:
+        pkilib.write_pki(files, tmp)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return files
 
 

@@ -251,7 +251,7 @@ def _mini():
 
 def run_doctor(s: Scenario, echo=print, fail_on_error: bool = False,
                facts: HostFacts | None = None) -> list[Finding]:
-    from .labdir import labs_root
+    from .state import labs_root
     findings = evaluate(s, facts or gather(labs_root()))
     for f in findings:
         echo(f"  {f.level:<4} {f.check}: {f.detail}" + (f" -> fix: {f.fix}" if f.fix and f.level != "OK" else ""))

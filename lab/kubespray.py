@@ -25,7 +25,7 @@ import yaml
 from . import kubeconfig as kc
 from .ansible_progress import AnsibleProgress, count_list_tasks, format_duration, render_recap_table
 from .errors import HalabError
-from .labdir import Lab, labs_root
+from .state import Lab, labs_root
 from .playbook import PlaybookCommand, PlaybookSummary, playbook_command, run_playbook
 from .topology import Topology
 
@@ -331,7 +331,7 @@ def fetch_admin_conf(remote, path: str) -> Optional[str]:
 def _task_hint(lab: Lab, remote, topo: Topology, playbook: str, cmd_limit, cmd_tags,
                list_cmd: PlaybookCommand, progress: Progress) -> tuple[str, Optional[int]]:
     key = task_count_key(topo, playbook, cmd_limit, cmd_tags)
-    known = (lab.state().get("kubespray_tasks") or {}).get(key)
+    known = lab.record().kubespray_tasks.get(key)
     if known:
         return key, int(known)
     progress(f"counting the tasks of {playbook} (ansible-playbook --list-tasks) for the estimate")
@@ -339,7 +339,7 @@ def _task_hint(lab: Lab, remote, topo: Topology, playbook: str, cmd_limit, cmd_t
 
 
 def _remember_tasks(lab: Lab, key: str, n: int) -> None:
-    counts = dict(lab.state().get("kubespray_tasks") or {})
+    counts = dict(lab.record().kubespray_tasks)
     counts[key] = n
     lab.update(kubespray_tasks=counts)
 
@@ -356,9 +356,9 @@ def write_lab_kubeconfig(lab: Lab, topo: Topology, admin_conf: str, source: str,
     if ks_server and ks_server != servers[default]:
         progress(f"kubespray's admin.conf points at {ks_server}; the default context {default} "
                  f"uses {servers[default]}, the Case {topo.case} path for external kubectl")
-    state = lab.state()
-    into = state.get("kubeconfig_merged_into")
-    if state.get("kubeconfig_merged") and into and Path(into).exists():
+    rec = lab.record()
+    into = rec.kubeconfig_merged_into
+    if rec.kubeconfig_merged and into and Path(into).exists():
         # `halab kubeconfig --merge` ran before: a new cluster (--reset) has new credentials
         merged, added = kc.merge(kc.load(Path(into)), config)
         kc.write(Path(into), merged)
@@ -388,7 +388,7 @@ def deploy(lab: Lab, topo: Topology, provider, progress: Progress = lambda m: No
                          hint="kubespray needs VMs (provider virtualbox or libvirt); "
                               "the local provider uses `deployer: static`")
     plan = deploy_plan(topo, paths, limit, tags, reset)
-    previous = lab.state().get("deploy") or {}
+    previous = lab.record().deploy
     lab.update(deploy={"state": "deploying", "deployer": "kubespray", "started_at": time.time(),
                        "pid": os.getpid(),
                        "limit": limit, "tags": tags, "reset": reset})

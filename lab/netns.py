@@ -31,15 +31,6 @@ def client_ns(lab: str) -> str:
     return f"halab-{lab}.client"
 
 
-def lab_namespaces(lab: str) -> list[str]:
-    """Namespaces that currently exist for a lab (also after a crash)."""
-    if not NETNS_RUN.is_dir():
-        return []
-    prefix = f"halab-{lab}"
-    return sorted(p.name for p in NETNS_RUN.iterdir()
-                  if p.name.startswith(prefix + "-") or p.name.startswith(prefix + "."))
-
-
 @dataclass(frozen=True)
 class Port:
     """A namespace attached to the lab bridge."""

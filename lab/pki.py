@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -36,6 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .state import write_atomically
 
 CA_DAYS = 3650
 LEAF_DAYS = 1825
@@ -246,19 +247,7 @@ def write_pki(files: dict[str, bytes], dest_dir) -> list[Path]:
             raise ValueError(f"refusing to write outside {dest}: {rel}")
         path = dest / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        mode = 0o600 if is_private(rel) else 0o644
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_atomically(path, data, mode=0o600 if is_private(rel) else 0o644)
         written.append(path)
     return written
 

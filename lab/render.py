@@ -12,7 +12,7 @@ import yaml
 
 from .resources import resource_dir
 from .scenario import Scenario, duration_seconds
-from .topology import API_PORT, Node, Topology
+from .topology import API_PORT, MachineNames, Node, Topology
 
 LAB_IFACE_PLACEHOLDER = "@LAB_IFACE@"  # admin-lb.sh puts the NIC holding the lab address here
 NGINX_HEALTHCHECK_PORT = 8081
@@ -276,6 +276,7 @@ def vagrantfile(topo: Topology) -> str:
     provider = s.provider if s.provider in ("virtualbox", "libvirt") else "virtualbox"
     return _env().get_template("Vagrantfile.j2").render(
         lab=s.name, case=s.case, scenario_file=Path(s.source).name, nodes=topo.nodes,
+        names=MachineNames(s.name),
         boxes=_vagrant_boxes(s), provider=provider,
         libvirt=s.provider_options["libvirt"], virtualbox=s.provider_options["virtualbox"])
 

@@ -833,3 +833,34 @@ def free_k8s_range(key: str, taken: list) -> str:
 def _replace(s: Scenario, **kw) -> Scenario:
     from dataclasses import replace
     return replace(s, **kw)
+
+
+# ---------------------------------------------------------------- the lab's record
+
+def from_record(raw: dict, source: str) -> Scenario:
+    """The scenario a lab was built from, rebuilt from its record (not from the YAML,
+    which may have been edited or deleted since)."""
+    return build(copy.deepcopy(raw), source, {})
+
+
+def as_record(s: Scenario) -> dict:
+    """The resolved scenario as plain JSON data (what the lab's record keeps)."""
+    import json
+    return json.loads(json.dumps(s.raw, default=str))
+
+
+# fields whose change does not change what `up` builds
+LIVE_FIELDS = ("description", "drills")
+
+
+def changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted field, old value, new value) for every difference of two resolved scenarios."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = f"{prefix}{key}"
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changes(a, b, path + ".")
+        elif a != b:
+            out.append((path, a, b))
+    return out

@@ -261,3 +261,34 @@ class Topology:
             sans += [str(self.lb_address), self.lb_name]
             sans += [str(lb.ip) for lb in self.load_balancers if lb.ip != self.lb_address]
         return sans
+
+
+@dataclass(frozen=True)
+class MachineNames:
+    """What the hypervisor calls a lab's machines and networks: the Vagrantfile sets
+    these names, the lab's record lists them, `destroy` and the faults use them."""
+
+    lab: str
+
+    @property
+    def domain_prefix(self) -> str:
+        return f"halab-{self.lab}-"
+
+    def domain(self, node: str) -> str:
+        """libvirt's domain name of a node."""
+        return self.domain_prefix + node
+
+    def virtualbox_vm(self, node: str) -> str:
+        return f"{self.lab}-{node}"
+
+    @property
+    def lab_network(self) -> str:
+        return f"halab-{self.lab}-net"
+
+    @property
+    def mgmt_network(self) -> str:
+        return f"halab-{self.lab}-mgmt"
+
+    @property
+    def libvirt_networks(self) -> list[str]:
+        return [self.lab_network, self.mgmt_network]

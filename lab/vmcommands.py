@@ -88,14 +88,15 @@ def register(main: click.Group) -> None:
     def halt_cmd(lab, node):
         """Shut VMs down gracefully (all, or NODE); `halab up` starts them again."""
         s, topo, prov = open_lab(lab)
-        if s.provider == "local":
-            targets = [node] if node else [n.name for n in topo.nodes]
-            for t in targets:
-                prov.sup.stop_all(t)
-            click.echo(f"stopped the processes of {', '.join(targets)}; `halab up` starts them")
-            return
-        prov.halt(node)
-        lab.event("halt", node=node)
+        with lab.lock("halt"):
+            if s.provider == "local":
+                targets = [node] if node else [n.name for n in topo.nodes]
+                for t in targets:
+                    prov.sup.stop_all(t)
+                click.echo(f"stopped the processes of {', '.join(targets)}; `halab up` starts them")
+                return
+            prov.halt(node)
+            lab.event("halt", node=node)
         click.echo(f"halted {node or 'every VM'}; `halab up` brings it back")
 
     @main.command("provision")
@@ -108,5 +109,6 @@ def register(main: click.Group) -> None:
         if s.provider == "local":
             click.echo("the local provider has no provisioning scripts; `halab up` re-applies")
             return
-        prov.provision(node, progress=click.echo)
-        lab.event("provision", node=node)
+        with lab.lock("provision"):
+            prov.provision(node, progress=click.echo)
+            lab.event("provision", node=node)

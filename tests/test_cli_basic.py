@@ -270,3 +270,39 @@ def test_a_verb_outside_any_lab_says_so_in_one_line_with_the_fix(verb, tmp_path,
     assert "Traceback" not in result.stderr
     assert f"halab: error: no lab in {tmp_path / '.halab'}" in result.stderr
     assert "halab: fix: create one with `halab up SCENARIO`" in result.stderr
+
+
+def _lab_verbs(group=None, prefix=()):
+    """Every verb that acts on an existing lab (it takes --lab), found in the command
+    tree itself, so a verb added later is covered too."""
+    import click
+    group = group or main
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            yield from _lab_verbs(cmd, (*prefix, name))
+        elif any(p.name == "lab_name" for p in cmd.params):
+            yield (*prefix, name)
+
+
+def _args_for(verb: tuple) -> list[str]:
+    import click
+    cmd = main
+    for part in verb:
+        cmd = cmd.commands[part]
+    needs = [p for p in cmd.params if isinstance(p, click.Argument) and p.required]
+    return [*verb, *("k8s-node1" for _ in needs)]
+
+
+def test_every_lab_verb_in_an_empty_folder_is_two_lines_and_no_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HALAB_LABS_DIR", raising=False)
+    verbs = list(_lab_verbs())
+    assert len(verbs) >= 15, verbs   # status, verify, destroy, deploy, ..., drill kill, ...
+    for verb in verbs:
+        result = CliRunner(env={"HALAB_DEBUG": None}).invoke(main, _args_for(verb))
+        assert isinstance(result.exception, SystemExit), (verb, result.exception)
+        assert result.exit_code != 0, verb
+        lines = result.output.strip().splitlines()
+        assert "Traceback" not in result.output and len(lines) <= 3, (verb, result.output)
+        assert "halab: error: no lab in" in result.output, (verb, result.output)
+        assert not (tmp_path / ".halab").exists(), verb      # nothing was written

@@ -100,7 +100,7 @@ def test_quorum_loss_is_refused(lab):
     cp = lab.halab("drill", "stop-etcd", "k8s-node1", "k8s-node2", check=False)
     assert cp.returncode == 2
     assert "1 of 3 etcd members" in cp.stderr and "--allow-quorum-loss" in cp.stderr
-    assert not lab.state().get("faults")
+    assert not lab.record().faults
 
 
 def test_sigkilled_halab_leaves_a_fault_that_drill_restore_undoes(lab):
@@ -108,7 +108,7 @@ def test_sigkilled_halab_leaves_a_fault_that_drill_restore_undoes(lab):
                                      "-q", "--lab", lab.name], cwd=lab.folder,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_for(lambda: lab.state().get("faults"), 90), "the fault was never injected"
+        assert wait_for(lambda: lab.record().faults, 90), "the fault was never injected"
         time.sleep(2)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -116,13 +116,13 @@ def test_sigkilled_halab_leaves_a_fault_that_drill_restore_undoes(lab):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert lab.state()["faults"] == {"k8s-node1": "partition"}
+    assert lab.record().faults == {"k8s-node1": "partition"}
     status = lab.halab("status", check=False)
     assert "partitioned" in status.stdout and status.returncode != 0
     assert lab.verify().returncode != 0          # the fault is really still there
     cp = lab.halab("drill", "restore", timeout=200)
     assert "restored 1 fault(s): partition k8s-node1" in cp.stdout
-    assert not lab.state().get("faults")
+    assert not lab.record().faults
     # the lab recovers: under host load etcd may need a few more seconds after the heal
     deadline = time.monotonic() + 60
     while (cp := lab.verify()).returncode != 0 and time.monotonic() < deadline:

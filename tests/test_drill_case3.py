@@ -43,7 +43,7 @@ def test_sigterm_mid_drill_restores_first(lab):
                                      "--lab", lab.name], cwd=lab.folder,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert wait_for(lambda: lab.state().get("faults"), 90), "the fault was never injected"
+        assert wait_for(lambda: lab.record().faults, 90), "the fault was never injected"
         time.sleep(2)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
@@ -53,7 +53,7 @@ def test_sigterm_mid_drill_restores_first(lab):
             proc.wait()
     assert proc.returncode == 130, out
     assert "restoring the lab first" in out and "restored: kill k8s-node3" in out
-    assert not lab.state().get("faults")
+    assert not lab.record().faults
     j = lab.journal(lab.journal_ids()[-1])
     assert j["status"] == "interrupted" and j["times"]["restored"] > j["times"]["inject_start"]
     assert wait_for(lambda: lab.verify().returncode == 0, 120, step=3), lab.verify().stdout

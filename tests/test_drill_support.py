@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lab import netns
+from tests.support import netns_sweep
 
 
 def _halab_exe() -> list[str]:
@@ -114,15 +114,7 @@ class DrillLab:
 
     def kill_leftovers(self) -> None:
         """Processes still in the lab's namespaces (by PID), then the namespaces."""
-        for ns in netns.lab_namespaces(self.name):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            netns.delete(ns)
+        netns_sweep.sweep(self.name)
 
 
 def lab_fixture(case: str, tmp_path_factory, extra_yaml: str = ""):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.state import Lab
+
 from lab import scenario
 from lab.errors import HalabError
 from lab.topology import Topology
@@ -209,24 +211,6 @@ def test_the_journal_and_report_say_whether_the_leader_or_a_follower_was_killed(
     assert report.target_words({"targets": ["admin-lb"]}) == "admin-lb"
 
 
-class FakeLab:
-    def __init__(self, path):
-        self.path = Path(path)
-        self.name = self.path.name
-        self._state = {}
-        self.events = []
-        self.kubeconfig = self.path / "kubeconfig"
-
-    def state(self):
-        return json.loads(json.dumps(self._state))
-
-    def update(self, **kw):
-        self._state.update(kw)
-
-    def event(self, what, **kw):
-        self.events.append((what, kw))
-
-
 class FakeProvider:
     def __init__(self):
         self.calls = []
@@ -236,23 +220,23 @@ class FakeProvider:
 
 
 def test_faults_are_recorded_before_injection_and_forgotten_after_restore(tmp_path, monkeypatch):
-    lab = FakeLab(tmp_path / "l")
+    lab = Lab(tmp_path / "l")
     prov = FakeProvider()
     faults.record(lab, "stop-apiserver", ["k8s-node1"], "d1")
-    assert lab.state()["faults"] == {"k8s-node1": "stop-apiserver"}
-    assert lab.state()["fault_details"]["k8s-node1"]["drill"] == "d1"
+    assert lab.record().faults == {"k8s-node1": "stop-apiserver"}
+    assert lab.record().fault_details["k8s-node1"]["drill"] == "d1"
     from lab.procs import ServiceSpec
     spec = ServiceSpec("k8s-node1", "kube-apiserver", ("x",))
     monkeypatch.setattr(faults, "lab_specs", lambda *a: [spec])
     done = faults.restore_all(lab, topo("case2"), prov)
     assert done == [("k8s-node1", "stop-apiserver")]
     assert ("start", [spec]) in prov.calls
-    assert lab.state()["faults"] == {}
+    assert lab.record().faults == {}
     assert faults.restore_all(lab, topo("case2"), prov) == []
 
 
 def test_restore_order_heals_before_powering_on(tmp_path, monkeypatch):
-    lab = FakeLab(tmp_path / "l")
+    lab = Lab(tmp_path / "l")
     lab.update(faults={"k8s-node1": "kill", "k8s-node2": "partition"})
     prov = FakeProvider()
     monkeypatch.setattr(faults, "lab_specs", lambda *a: [])
@@ -478,7 +462,7 @@ def test_runbook_report(tmp_path):
 
 
 def test_journal_store(tmp_path):
-    lab = FakeLab(tmp_path / "lab")
+    lab = Lab(tmp_path / "lab")
     j = sample_journal()
     jlib.save(lab, j)
     jlib.save(lab, {**j, "id": "20990101-000001-freeze-k8s-node2"})
@@ -507,7 +491,7 @@ def test_probe_plan_runs_each_path_where_its_client_is(tmp_path):
 
     class Prov:
         layout = staticmethod(Lay)
-    lab = FakeLab(tmp_path / "case3")
+    lab = Lab(tmp_path / "case3")
     specs = {s.key: s for s in probe_plan(lab, t, Prov(), ["k8s-node1"], Settings(), "id1")}
     assert specs["external"].node == "client" and "case3-lb" in specs["external"].argv
     assert specs["worker:k8s-node4"].node == "k8s-node4"

@@ -30,7 +30,7 @@ from lab import kubespray as ks
 from lab import pki, render, scenario
 from lab.ansible_progress import AnsibleProgress, parse
 from lab.errors import HalabError
-from lab.labdir import Lab
+from lab.state import Lab
 from lab.playbook import PID_MARKER, playbook_command, remote_line, summarize
 from lab.remote import Remote, Result
 from lab.topology import Topology
@@ -561,11 +561,11 @@ def test_deploy_succeeds_and_writes_the_case_kubeconfig(live, admin_pki, case):
         assert ks_server == want["case3-lb"] == "https://192.168.10.10:6443"
         assert config["current-context"] == "case3-lb"
     # the lab state
-    state = lab.state()["deploy"]
+    state = lab.record().deploy
     assert state["state"] == "deployed" and state["deployer"] == "kubespray"
     assert state["default_context"] == config["current-context"] and state["recap"]["k8s-node1"]["failed"] == 0
     assert state["runs"][0]["log"] == str(log) and result["seconds"] > 0
-    assert lab.state()["kubespray_tasks"]  # the real task count, for the next estimate
+    assert lab.record().kubespray_tasks  # the real task count, for the next estimate
 
 
 @pytest.mark.ssh
@@ -583,7 +583,7 @@ def test_deploy_failure_names_host_task_message_log_and_resume(live):
     assert any(m.startswith("! k8s-node2") for m in ll.messages)  # recap table, failed host marked
     assert any("failed: k8s-node2" in m for m in ll.messages)  # the live status said so
     assert "fake failure on k8s-node2" in log.read_text() and "PLAY RECAP" in log.read_text()
-    state = ll.lab.state()["deploy"]
+    state = ll.lab.record().deploy
     assert state["state"] == "failed" and state["failure"]["host"] == "k8s-node2"
     assert state["resume"] == resume
     assert not ll.lab.kubeconfig.exists()
@@ -603,7 +603,7 @@ def test_limit_and_tags_pass_through(live):
     assert recap == ["k8s-node1", "k8s-node4"]
     assert "TASK [Start kube-apiserver]" not in text  # not tagged
     assert "TASK [Copy admin kubeconfig to ansible host]" in text
-    state = ll.lab.state()["deploy"]
+    state = ll.lab.record().deploy
     assert state["state"] == "deployed" and (state["limit"], state["tags"]) == ("k8s-node1,k8s-node4", "preinstall,client")
 
 
@@ -630,14 +630,14 @@ def test_reset_runs_reset_yml_confirmed_then_cluster_yml(live):
     i_reset = next(i for i, m in enumerate(ll.messages) if m.startswith("reset.yml finished OK"))
     i_cluster = next(i for i, m in enumerate(ll.messages) if m.startswith("cluster.yml finished OK"))
     assert i_reset < i_cluster
-    assert [r["playbook"] for r in ll.lab.state()["deploy"]["runs"]] == ["reset.yml", "cluster.yml"]
+    assert [r["playbook"] for r in ll.lab.record().deploy["runs"]] == ["reset.yml", "cluster.yml"]
     assert _kubeconfig(ll.lab)["current-context"] == "case3-lb"
     # the new cluster's credentials replaced the lab's entries in the merged kubeconfig
     mine = yaml.safe_load(merged_into.read_text())
     assert mine["current-context"] == "mine"
     assert [c["name"] for c in mine["contexts"]] == ["mine"] + [n for n, _ in kc.contexts(ll.topo)]
     assert mine["users"] == _kubeconfig(ll.lab)["users"]
-    assert len(ll.lab.state()["kubeconfig_merged"]) == 2 * len(kc.contexts(ll.topo)) + 1
+    assert len(ll.lab.record().kubeconfig_merged) == 2 * len(kc.contexts(ll.topo)) + 1
 
 
 def _ansible_under(pid: int) -> list[int]:
@@ -683,7 +683,7 @@ def test_ctrl_c_stops_ansible_on_admin_lb_and_says_how_to_resume(live, sshd_serv
     assert "continue with: halab deploy --lab case2" in e.value.hint
     (log,) = ll.logs()
     assert "interrupted" in log.read_text()
-    assert ll.lab.state()["deploy"]["state"] == "interrupted"
+    assert ll.lab.record().deploy["state"] == "interrupted"
 
 
 class VerifyingVagrant(FakeVagrant):
@@ -730,6 +730,6 @@ def test_cli_deploy_end_to_end_then_verify(live, sshd_server, monkeypatch):
     argv = on_workers["k8s-node4"]
     assert argv[argv.index("--mode") + 1] == "read" and "/readyz" in argv
     assert argv[argv.index("--kubeconfig") + 1] == ll.provider.layout("k8s-node4").p("kubeconfig")
-    state = ll.lab.state()
-    assert state["deploy"]["state"] == "partial" and state["verify"]["ok"] is True
-    assert state["phase"] == "deployed"
+    rec = ll.lab.record()
+    assert rec.deploy["state"] == "partial" and rec.verify["ok"] is True
+    assert rec.phase == "deployed"

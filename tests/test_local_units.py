@@ -20,9 +20,10 @@ import pytest
 
 from lab import kubeconfig as kc
 from lab import netns, procs
+from tests.support import netns_sweep
 from lab.commands import lab_health
 from lab.errors import HalabError
-from lab.labdir import Lab, all_labs, find_lab, labs_root
+from lab.state import Lab, Record, all_labs, find_lab, labs_root
 from lab.procs import RESTART_MARK, ServiceSpec, Supervisor
 
 
@@ -92,12 +93,18 @@ def test_labs_root_precedence(tmp_path, monkeypatch):
 
 def test_lab_state_update_and_step_events(tmp_path):
     lab = Lab(tmp_path / "l")
-    assert lab.state() == {} and not lab.exists()
+    assert lab.record() == Record(name="l") and not lab.exists()
     lab.update(phase="rendered")
-    lab.update(phase="up", extra=1)
-    st = lab.state()
-    assert st["phase"] == "up" and st["extra"] == 1 and "updated_at" in st
-    assert not list(lab.path.glob("*.tmp"))           # atomic write left no temp file
+    lab.update(phase="up", case=2)
+    rec = lab.record()
+    assert rec.phase == "up" and rec.case == 2 and rec.updated_at > 0
+    assert sorted(p.name for p in lab.path.iterdir()) == [".record.lock", "state.json"]  # no temp
+    with pytest.raises(TypeError, match="phsae"):
+        lab.update(phsae="up")                         # a typo is not silently stored
+    # keys of another halab version survive a round trip
+    lab.state_path.write_text(json.dumps({"name": "l", "phase": "up", "future": {"x": 1}}))
+    lab.update(case=3)
+    assert json.loads(lab.state_path.read_text())["future"] == {"x": 1}
     with pytest.raises(RuntimeError):
         with lab.step("deploy"):
             raise RuntimeError("boom")
@@ -111,7 +118,7 @@ def test_damaged_state_is_a_clear_error(tmp_path):
     lab.path.mkdir()
     lab.state_path.write_text("{not json")
     with pytest.raises(HalabError, match="damaged"):
-        lab.state()
+        lab.record()
 
 
 # ================================================================== lab_health
@@ -239,17 +246,17 @@ def test_namespace_names():
     assert netns.exec_prefix("x") == ["ip", "netns", "exec", "x"]
 
 
-def test_lab_namespaces_only_that_lab(tmp_path, monkeypatch):
+def test_test_sweep_matches_only_that_lab_name(tmp_path, monkeypatch):
     run = tmp_path / "netns"
     run.mkdir()
     for n in ("halab-a-n1", "halab-a.net", "halab-a.client", "halab-ab-n1", "halab-ab.net",
               "halab-b-n1", "other", "halab-a"):
         (run / n).touch()
     monkeypatch.setattr(netns, "NETNS_RUN", run)
-    assert netns.lab_namespaces("a") == ["halab-a-n1", "halab-a.client", "halab-a.net"]
-    assert netns.lab_namespaces("ab") == ["halab-ab-n1", "halab-ab.net"]
+    assert netns_sweep.lab_namespaces("a") == ["halab-a-n1", "halab-a.client", "halab-a.net"]
+    assert netns_sweep.lab_namespaces("ab") == ["halab-ab-n1", "halab-ab.net"]
     monkeypatch.setattr(netns, "NETNS_RUN", tmp_path / "missing")
-    assert netns.lab_namespaces("a") == []
+    assert netns_sweep.lab_namespaces("a") == []
 
 
 @pytest.mark.parametrize("case", ["case1", "case2", "case3", "case3-ha"])
@@ -479,8 +486,8 @@ def test_deploy_killed_midway_reads_as_interrupted():
     from lab.commands import deploy_state_of
     p = subprocess.Popen(["true"])
     p.wait()
-    assert deploy_state_of({"deploy": {"state": "starting", "pid": p.pid}}) == "interrupted"
-    assert deploy_state_of({"deploy": {"state": "starting", "pid": os.getpid()}}) == "starting"
-    assert deploy_state_of({"deploy": {"state": "deployed", "pid": p.pid}}) == "deployed"
+    assert deploy_state_of({"state": "starting", "pid": p.pid}) == "interrupted"
+    assert deploy_state_of({"state": "starting", "pid": os.getpid()}) == "starting"
+    assert deploy_state_of({"state": "deployed", "pid": p.pid}) == "deployed"
     assert lab_health({"a": "running"}, "interrupted", {}) == "Interrupted"
     assert lab_health({"a": "running"}, "failed", {}) == "Failed"

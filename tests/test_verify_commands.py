@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab import scenario
-from lab.labdir import Lab
+from lab.state import Lab
 from lab.providers.vagrant import VagrantProvider
 from lab.topology import Topology
 from lab.verify import check_path, node_probe_command, path_command

@@ -11,7 +11,7 @@ import pytest
 
 from lab import remote as remotelib
 from lab import scenario
-from lab.labdir import Lab
+from lab.state import Lab
 from lab.providers import vagrant as vprov
 from lab.topology import Topology
 from tests.support.sshd import sshd_server  # noqa: F401

@@ -199,15 +199,22 @@ def register(main: click.Group) -> None:
 
 
 def restore(lab, nodes: list[str], wait: bool = True, force: bool = False) -> int:
-    from ..verify import wait_ready
     from .engine import drill_running
     running = drill_running(lab)
     if running and not force:
         raise HalabError(f"a drill is running on lab {lab.name} (halab pid {running}); it "
                          "restores its fault itself when it ends",
                          code=2, hint="Ctrl-C it (it restores, then exits), or add --force")
+    if force:
+        return _restore(lab, nodes, wait)
+    with lab.lock("drill restore"):
+        return _restore(lab, nodes, wait)
+
+
+def _restore(lab, nodes: list[str], wait: bool) -> int:
+    from ..verify import wait_ready
     s, topo, prov = open_lab(lab)
-    injected = lab.state().get("faults") or {}
+    injected = lab.record().faults
     if not injected:
         click.echo(f"lab {lab.name}: no fault is injected; nothing to restore")
         return 0

@@ -17,7 +17,6 @@ election).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -25,7 +24,6 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import HalabError
@@ -432,7 +430,7 @@ def vip_holders(topo, provider) -> list[str]:
 def steady_state(lab, topo, provider, wait: float = 0.0, echo=lambda m: None) -> dict:
     """The hypothesis: nothing injected, and every check of `halab verify` passes."""
     from ..verify import run_checks
-    injected = lab.state().get("faults") or {}
+    injected = lab.record().faults
     if injected:
         return {"ok": False, "checks": [], "problems": [
             "faults are still injected: " + ", ".join(f"{k}={v}" for k, v in injected.items())
@@ -477,44 +475,17 @@ def lease_holders_from(checks: list[dict]) -> dict:
 
 # ------------------------------------------------------------------ the drill
 
-@contextmanager
-def drill_lock(lab):
-    """One drill at a time per lab; the kernel drops the lock when halab dies."""
-    d = jlib.drills_dir(lab)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / ".lock"
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        who = f.read().strip() or "?"
-        f.close()
-        raise HalabError(f"another drill is running on lab {lab.name} (halab pid {who})",
-                         code=2, hint="wait for it; it restores its fault when it ends") from None
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        yield
-    finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
+def drill_lock(lab, what: str = "drill"):
+    """One drill at a time per lab, and no `up`/`deploy`/`destroy` meanwhile: the lab's
+    own lock (the kernel drops it when halab dies)."""
+    return lab.lock(what)
 
 
 def drill_running(lab) -> str | None:
     """The pid of a running drill on this lab, if any."""
-    path = jlib.drills_dir(lab) / ".lock"
-    if not path.exists():
-        return None
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            return f.read().strip() or "?"
-        fcntl.flock(f, fcntl.LOCK_UN)
+    h = lab.holder()
+    if h and str(h.get("verb", "")).startswith("drill"):
+        return str(h.get("pid", "?"))
     return None
 
 
@@ -561,7 +532,7 @@ class Drill:
         self.targets = faultlib.resolve_targets(topo, self.fault, self.requested,
                                                 holders[0] if len(holders) == 1 else None,
                                                 etcd_leader=leader)
-        injected = self.lab.state().get("faults") or {}
+        injected = self.lab.record().faults
         why = faultlib.refusals(topo, self.fault, self.targets, injected)
         quorum_only = all(("etcd needs" in w or "last API server" in w) for w in why)
         if why and (not quorum_only or not self.allow_quorum_loss):
@@ -572,7 +543,7 @@ class Drill:
         self.quorum_loss = bool(why)
 
     def run(self) -> dict:
-        with drill_lock(self.lab):
+        with drill_lock(self.lab, f"drill {self.fault}"):
             return self._run()
 
     def _run(self) -> dict:
@@ -721,7 +692,7 @@ class Drill:
                  for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             self.mark("restore_start")
-            recorded = self.lab.state().get("faults") or {}
+            recorded = self.lab.record().faults
             done = faultlib.restore_all(self.lab, self.topo, self.provider,
                                         [t for t in self.targets if t in recorded],
                                         progress=self.say) \

@@ -201,9 +201,8 @@ def refusals(topo: Topology, name: str, targets: list[str], injected: dict[str, 
 
 def record(lab, name: str, targets: list[str], drill_id: str | None) -> None:
     """Write the faults into the lab state before injecting them."""
-    state = lab.state()
-    faults = dict(state.get("faults") or {})
-    details = dict(state.get("fault_details") or {})
+    rec = lab.record()
+    faults, details = dict(rec.faults), dict(rec.fault_details)
     for t in targets:
         faults[t] = name
         details[t] = {"fault": name, "since": time.time(), "drill": drill_id,
@@ -212,9 +211,8 @@ def record(lab, name: str, targets: list[str], drill_id: str | None) -> None:
 
 
 def forget(lab, node: str) -> None:
-    state = lab.state()
-    faults = dict(state.get("faults") or {})
-    details = dict(state.get("fault_details") or {})
+    rec = lab.record()
+    faults, details = dict(rec.faults), dict(rec.fault_details)
     faults.pop(node, None)
     details.pop(node, None)
     lab.update(faults=faults, fault_details=details)
@@ -259,8 +257,7 @@ def lab_specs(lab, topo, provider) -> list:
 def restore_all(lab, topo, provider, nodes: list[str] | None = None,
                 progress=lambda m: None) -> list[tuple[str, str]]:
     """Restore the recorded faults (all, or those of `nodes`); returns (node, fault) restored."""
-    state = lab.state()
-    faults = dict(state.get("faults") or {})
+    faults = dict(lab.record().faults)
     if nodes:
         unknown = [n for n in nodes if n not in faults]
         if unknown:

@@ -98,7 +98,7 @@ def plan_command(fault, targets, scenario_ref, labs_dir, lab_name, echo) -> int:
         source = f"scenario {topo.name}"
     else:
         from ..commands import open_lab
-        from ..labdir import find_lab, labs_root
+        from ..state import find_lab, labs_root
         lab = find_lab(lab_name, labs_root(labs_dir))
         _, topo, prov = open_lab(lab)
         source = f"lab {lab.name}"
@@ -125,7 +125,7 @@ def plan_command(fault, targets, scenario_ref, labs_dir, lab_name, echo) -> int:
 
 def _live_context(lab, topo, prov) -> expect.Context:
     """The etcd leader and VIP holder right now, when the lab runs (else unknown)."""
-    if (lab.state().get("deploy") or {}).get("state") != "deployed":
+    if lab.record().deploy.get("state") != "deployed":
         return expect.Context()
     from .engine import one_shot_etcd, vip_holders
     try:

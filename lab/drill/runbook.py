@@ -58,6 +58,12 @@ def steps_of(scenario, topo) -> list[tuple[str, list[str]]]:
 
 
 def run(lab, settings, pause: float, quiet: bool, echo) -> int:
+    """Every step under one hold of the lab: nothing else changes it between steps."""
+    with lab.lock("drill run"):
+        return _run(lab, settings, pause, quiet, echo)
+
+
+def _run(lab, settings, pause: float, quiet: bool, echo) -> int:
     from ..commands import open_lab
     from .engine import Drill
     s, topo, prov = open_lab(lab)

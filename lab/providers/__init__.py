@@ -1,7 +1,7 @@
 """Providers turn a topology into machines: `local` (network namespaces) or Vagrant VMs."""
 from __future__ import annotations
 
-from ..labdir import Lab
+from ..state import Lab
 from ..topology import Topology
 
 

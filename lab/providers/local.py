@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import controlplane, netns, render
 from ..errors import HalabError
-from ..labdir import Lab
+from ..state import Lab
 from ..procs import Supervisor
 from ..topology import API_PORT, Topology
 
@@ -124,6 +124,15 @@ class LocalProvider:
     def up(self, progress=lambda msg: None) -> None:
         """Namespaces, bridge, links and hosts files (idempotent)."""
         progress(f"lab network {self.topo.scenario.network.subnet} on bridge namespace {self.bridge}")
+        mine = set(self.lab.record().names("namespace"))
+        foreign = [ns for ns in self.namespaces() if ns not in mine and netns.exists(ns)]
+        if foreign:
+            raise HalabError(f"network namespace(s) {', '.join(foreign)} exist but are not in "
+                             f"lab {self.topo.name}'s record (another lab, or one whose folder "
+                             f"was deleted)", hint="remove them if they are stale: "
+                             + "; ".join(f"ip netns delete {ns}" for ns in foreign))
+        # recorded before they exist: a crash in between leaves nothing unlisted
+        self.lab.add_resources("namespace", self.namespaces())
         netns.create_bridge(self.bridge)
         hosts = render.hosts_file(self.topo)
         for node, port in self.ports():
@@ -141,27 +150,39 @@ class LocalProvider:
         if not netns.exists(port.ns):
             return "not_created"
         if not netns.link_is_up(self.bridge, port.bridge_port):
-            down = self.lab.state().get("faults", {}).get(node)
+            down = self.lab.record().faults.get(node)
             return "poweroff" if down in ("kill", None) else "partitioned"
         if any(self.sup.state(n, s) == "frozen" for n, s in self.sup.services(node)):
             return "frozen"
         return "running"
 
+    def namespaces(self) -> list[str]:
+        """The namespaces this lab creates: the bridge, the client, one per node."""
+        return [self.bridge] + [p.ns for _, p in self.ports()]
+
+    def recorded_namespaces(self) -> list[str]:
+        """What the record lists (exact names, never a prefix: lab `case2` must not
+        touch `case2-alice`'s namespaces)."""
+        return self.lab.record().names("namespace")
+
     def destroy(self, progress=lambda msg: None) -> list[str]:
-        """Kill every process, delete every namespace; returns what was left (should be [])."""
+        """Kill every process, delete every recorded namespace; returns what was left."""
         for node, name in self.sup.services():
             self.sup.stop(node, name, timeout=2, hard=True)
         self._kill_stragglers()
-        for ns in netns.lab_namespaces(self.topo.name):
-            netns.delete(ns)
-            progress(f"deleted namespace {ns}")
-        for ns in [p.ns for _, p in self.ports()] + [self.bridge]:
-            netns.delete(ns)
+        for ns in self.recorded_namespaces():
+            if netns.exists(ns):
+                netns.delete(ns)
+                progress(f"deleted namespace {ns}")
+            else:
+                netns.delete(ns)  # its hosts file may outlive it
         return self.leftovers()
 
     def _kill_stragglers(self) -> None:
         """Processes still inside our namespaces (e.g. started by a killed halab)."""
-        for ns in netns.lab_namespaces(self.topo.name):
+        for ns in self.recorded_namespaces():
+            if not netns.exists(ns):
+                continue
             cp = netns.sh(["ip", "netns", "pids", ns], check=False)
             for pid in cp.stdout.split():
                 try:
@@ -170,9 +191,11 @@ class LocalProvider:
                     pass
 
     def leftovers(self) -> list[str]:
-        left = [f"namespace {ns}" for ns in netns.lab_namespaces(self.topo.name)]
+        recorded = self.recorded_namespaces()
+        left = [f"namespace {ns}" for ns in recorded if netns.exists(ns)]
         left += [f"process {n}/{s}" for n, s in self.sup.services() if self.sup.pid(n, s)]
-        left += [f"hosts {p}" for p in Path(netns.NETNS_ETC).glob(f"halab-{self.topo.name}[-.]*")]
+        left += [f"hosts {netns.NETNS_ETC / ns}" for ns in recorded
+                 if (netns.NETNS_ETC / ns).exists()]
         return left
 
     # ------------------------------------------------------------ control plane
@@ -195,7 +218,7 @@ class LocalProvider:
     def dead_services(self, specs=None) -> list[str]:
         """Services of the plan that are not running, each with the last line of its log."""
         dead = []
-        faults = self.lab.state().get("faults", {})
+        faults = self.lab.record().faults
         for node, name in self.sup.services():
             if faults.get(node):
                 continue

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .. import controlplane, remote as remotelib
 from ..errors import HalabError
-from ..labdir import Lab
-from ..topology import Topology
+from ..state import Lab
+from ..topology import MachineNames, Topology
 from ..vagrant import ProgressTracker, Vagrant
 
 VM_BASE = "/var/lib/halab"
@@ -57,6 +57,7 @@ class VagrantProvider:
             return states
         tracker = ProgressTracker([n.name for n in self.topo.nodes])
         t0 = time.monotonic()
+        self.record_resources()
 
         def on_line(line: str) -> None:
             before = {k: (v.state, v.step) for k, v in tracker.vms.items()}
@@ -96,11 +97,22 @@ class VagrantProvider:
                 progress(f"removed libvirt network {net}")
         return self.leftovers()
 
+    def record_resources(self) -> None:
+        """The names of what `vagrant up` creates, recorded before it runs (the names
+        the rendered Vagrantfile gives: `default_prefix` and the network names)."""
+        self.lab.add_resources("vm", [n.name for n in self.topo.nodes])
+        if self.topo.scenario.provider == "libvirt":
+            names = MachineNames(self.topo.name)
+            self.lab.add_resources("libvirt_domain", [names.domain(n.name) for n in self.topo.nodes])
+            self.lab.add_resources("libvirt_network", names.libvirt_networks)
+
     def libvirt_networks(self) -> list[str]:
+        """The lab's recorded libvirt networks that exist now (exact names, no prefix:
+        lab `case3` must not take `case3-ha`'s)."""
         cp = subprocess.run(["virsh", "net-list", "--all", "--name"], capture_output=True,
                             text=True, timeout=60)
-        prefix = f"halab-{self.topo.name}-"
-        return [n.strip() for n in cp.stdout.splitlines() if n.strip().startswith(prefix)]
+        existing = {n.strip() for n in cp.stdout.splitlines() if n.strip()}
+        return [n for n in self.lab.record().names("libvirt_network") if n in existing]
 
     def leftovers(self) -> list[str]:
         states = self.vagrant.status()
@@ -403,7 +415,7 @@ class VagrantProvider:
         if self.topo.scenario.deployer != "static":
             return []
         dead = []
-        faults = self.lab.state().get("faults", {})
+        faults = self.lab.record().faults
         probe = ("for u in $(systemctl list-units --all --plain --no-legend 'halab-*' "
                  "| awk '{print $1}'); do echo \"$u $(systemctl show -p ActiveState --value $u) "
                  "$(systemctl show -p NRestarts --value $u) $(journalctl -u $u -n 1 -o cat "
@@ -543,12 +555,12 @@ def re_escape(ip: str) -> str:
 def vm_control_argv(provider: str, lab: str, node: str, action: str) -> list[str]:
     """Pause/resume a whole VM with the hypervisor (a frozen node)."""
     if provider == "libvirt":
-        return ["virsh", "suspend" if action == "pause" else "resume", f"halab-{lab}-{node}"]
-    return ["VBoxManage", "controlvm", f"{lab}-{node}", action]
+        return ["virsh", "suspend" if action == "pause" else "resume", MachineNames(lab).domain(node)]
+    return ["VBoxManage", "controlvm", MachineNames(lab).virtualbox_vm(node), action]
 
 
 def power_off_argv(provider: str, lab: str, node: str) -> list[str]:
     """The provider's hard power-off for one VM (names as the Vagrantfile sets them)."""
     if provider == "libvirt":
-        return ["virsh", "destroy", f"halab-{lab}-{node}"]
-    return ["VBoxManage", "controlvm", f"{lab}-{node}", "poweroff"]
+        return ["virsh", "destroy", MachineNames(lab).domain(node)]
+    return ["VBoxManage", "controlvm", MachineNames(lab).virtualbox_vm(node), "poweroff"]

@@ -1,0 +1,117 @@
+"""The lab's record: the scenario it was built from, what it created, and its lock."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lab import commands, scenario
+from lab.errors import HalabError
+from lab.state import Lab, write_atomically
+
+SCENARIO = textwrap.dedent("""\
+    extends: case2
+    name: rec
+    description: first version
+    """)
+
+
+def _built_lab(tmp_path, text: str = SCENARIO):
+    """A lab whose record holds the scenario of `text`, as `up` writes it."""
+    path = tmp_path / "rec.yaml"
+    path.write_text(text)
+    s = scenario.load(str(path))
+    lab = Lab(tmp_path / ".halab" / s.name)
+    lab.update(name=s.name, provider=s.provider, case=s.case, scenario_file=str(path),
+               scenario=scenario.as_record(s))
+    return lab, s, path
+
+
+def test_a_lab_opens_from_its_record_after_the_yaml_is_deleted_or_edited(tmp_path):
+    lab, built, path = _built_lab(tmp_path)
+    path.write_text(SCENARIO.replace("case2", "case3"))      # edited ...
+    assert commands.scenario_of(lab) == built
+    path.unlink()                                            # ... then deleted
+    again = commands.scenario_of(lab)
+    assert again == built and again.case == 2 and again.name == "rec"
+
+
+def test_up_again_names_every_change_and_refuses_one_that_changes_the_lab(tmp_path):
+    lab, built, path = _built_lab(tmp_path)
+    path.write_text(SCENARIO.replace("case2", "case3") + "network: {subnet: 192.168.57.0/24}\n")
+    with pytest.raises(HalabError) as err:
+        commands._compare_with_record(lab, lab.record(), scenario.load(str(path)))
+    msg = err.value.message
+    assert "case: 2 -> 3" in msg and "network.subnet" in msg and err.value.code == 2
+    assert "halab destroy --lab rec" in err.value.hint
+
+
+def test_up_again_takes_over_a_changed_description(tmp_path, capsys):
+    lab, built, path = _built_lab(tmp_path)
+    path.write_text(SCENARIO.replace("first version", "second version"))
+    s = commands._compare_with_record(lab, lab.record(), scenario.load(str(path)))
+    assert s.description == "second version"
+    assert "description: 'first version' -> 'second version'" in capsys.readouterr().out
+
+
+def test_unchanged_scenario_is_silent(tmp_path, capsys):
+    lab, built, path = _built_lab(tmp_path)
+    commands._compare_with_record(lab, lab.record(), scenario.load(str(path)))
+    assert capsys.readouterr().out == ""
+
+
+HOLD = """
+import sys, time
+from lab.state import Lab
+with Lab(sys.argv[1]).lock("drill kill"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_verb_on_a_busy_lab_is_refused_with_who_holds_it(tmp_path):
+    lab = Lab(tmp_path / "busy")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lab.path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(HalabError) as err:
+            with lab.lock("destroy"):
+                pass
+        assert f"`halab drill kill` (pid {holder.pid})" in err.value.message
+        assert err.value.code == 2
+        assert lab.holder()["verb"] == "drill kill"
+    finally:
+        holder.kill()
+        holder.wait(10)
+    # the kernel drops the lock with its holder: the lab is free again
+    with lab.lock("destroy"):
+        with lab.lock("deploy"):       # re-entrant within one process (`up` deploys)
+            pass
+    assert lab.holder() is None
+
+
+def test_resources_are_listed_once_each_and_dropped(tmp_path):
+    lab = Lab(tmp_path / "r")
+    lab.add_resources("namespace", ["halab-r.net", "halab-r-a"])
+    lab.add_resources("namespace", ["halab-r-a", "halab-r-b"])
+    assert lab.record().names("namespace") == ["halab-r.net", "halab-r-a", "halab-r-b"]
+    lab.drop_resources("namespace", ["halab-r-a"])
+    assert lab.record().names("namespace") == ["halab-r.net", "halab-r-b"]
+    with pytest.raises(ValueError):
+        lab.add_resources("volume-typo", ["x"])
+
+
+def test_atomic_write_never_follows_a_planted_temp_symlink(tmp_path):
+    target = tmp_path / "state.json"
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "state.tmp").symlink_to(victim)      # the old fixed temp name
+    write_atomically(target, json.dumps({"a": 1}), mode=0o600)
+    assert victim.read_text() == "keep"
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.tmp", "victim"]
