@@ -35,7 +35,7 @@ from local_up import cleanup, env, halab_cmd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from lab.controlplane import EMULATED_APISERVER_FLAGS  # noqa: E402
+from lab.deploy.controlplane import EMULATED_APISERVER_FLAGS  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 FLAG_SETS = {
@@ -51,7 +51,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def apiserver_argv(lab_dir: Path, topo, k8s_bin: str, flags) -> list[str]:
-    from lab.controlplane import etcd_endpoints
+    from lab.deploy.controlplane import etcd_endpoints
     node, ip = topo.control_planes[0].name, topo.control_planes[0].ip
     pki = lab_dir / "nodes" / node / "pki"
     eps = etcd_endpoints(topo)
@@ -137,8 +137,8 @@ def main() -> None:
         if up.returncode != 0:
             raise SystemExit(f"halab up failed:\n{up.stdout}\n{up.stderr}")
         import json
-        from lab import scenario
-        from lab.topology import Topology
+        from lab.model import scenario
+        from lab.model.topology import Topology
         state = json.loads((root / ".halab" / lab / "state.json").read_text())
         topo = Topology.of(scenario.load(str(root / f"{lab}.yaml"), provider="local"))
         ns = f"halab-{lab}-{topo.control_planes[0].name}"

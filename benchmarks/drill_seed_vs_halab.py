@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support import netns_sweep  # noqa: E402
-from lab.commands import open_lab  # noqa: E402
+from lab.app.lab import open_lab  # noqa: E402
 from lab.state import Lab  # noqa: E402
 
 TARGET = "k8s-node1"
@@ -129,7 +129,7 @@ class Bench:
         self.halab("up", str(self.scenario), "--provider", "local", lab=False)
 
     def use_seed_haproxy(self):
-        from lab import controlplane
+        from lab.deploy import controlplane
         _, topo, prov = open_lab(self.lab)
         lb = topo.load_balancers[0].name
         runtime = controlplane.haproxy_runtime(prov.layout(lb))

@@ -10,9 +10,10 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from .resources import resource_dir
-from .scenario import Scenario, duration_seconds
-from .topology import API_PORT, MachineNames, Node, Topology
+from lab.resources import resource_dir
+from lab.model.scenario import Scenario, duration_seconds
+from lab.model.services import Layout
+from lab.model.topology import API_PORT, MachineNames, Node, Topology
 
 LAB_IFACE_PLACEHOLDER = "@LAB_IFACE@"  # admin-lb.sh puts the NIC holding the lab address here
 NGINX_HEALTHCHECK_PORT = 8081
@@ -332,3 +333,11 @@ def write(files: dict[str, str], secrets: LabSecrets, dest: Path) -> None:
     pw.touch(mode=0o600)
     pw.chmod(0o600)
     pw.write_text(secrets.vrrp_password + "\n")
+
+
+def haproxy_runtime(lay: "Layout") -> HAProxyRuntime:
+    if not lay.local:
+        return HAProxyRuntime()
+    return HAProxyRuntime(stats_socket=lay.p("haproxy.sock"),
+                                 pidfile=lay.p("haproxy.pid"), chroot=None, user=None,
+                                 group=None, log="stdout format raw")

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import HalabError
+from lab.errors import HalabError
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"              # held by the verb that changes the lab

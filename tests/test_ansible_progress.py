@@ -7,16 +7,7 @@ the ``ssh``-marked tests run the same playbooks live and check the same facts.
 
 import pytest
 
-from lab.ansible_progress import (
-    AnsibleProgress,
-    RecapRow,
-    blob_msg,
-    count_list_tasks,
-    format_duration,
-    parse,
-    parse_recap_line,
-    render_recap_table,
-)
+from lab.deploy.ansible_progress import AnsibleProgress, RecapRow, blob_msg, count_list_tasks, format_duration, parse, parse_recap_line, render_recap_table
 from tests.support.ansible_runs import DATA, LOCAL_INVENTORY, group_left, run_capture, ssh_inventory
 from tests.support.sshd import free_port, sshd_server  # noqa: F401
 

@@ -249,7 +249,8 @@ def test_extends_a_file_next_to_the_scenario(tmp_path, monkeypatch):
 def test_ssh_command_is_one_shell_line_or_an_argv_on_every_provider():
     """`halab ssh NODE -- sudo sh -c "a; b"` must not become `sh -c a` then `b` on a VM."""
     import shlex
-    from lab.vmcommands import local_command, remote_command
+    from lab.providers.local.provider import local_command
+    from lab.providers.vagrant.provider import remote_command
     argv = ["sudo", "sh", "-c", "cat /etc/hosts; sshd -T | grep -i '^pass'"]
     (line,) = remote_command(argv)
     assert shlex.split(line) == argv          # what the VM's shell runs is that argv

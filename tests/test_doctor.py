@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from lab import doctor, scenario
-from lab.doctor import HostFacts
+from lab.host import doctor
+from lab.model import scenario
+from lab.host.doctor import HostFacts
 
 # `ip -j addr` / `ip -j route` as recorded on a laptop with VirtualBox's vboxnet0 and a VPN
 IP_ADDR = json.loads("""[

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from lab import netns
+from lab.providers.local import netns
 from tests.test_drill_support import HALAB, explain, healthy_after, lab_fixture, marks, path
 
 pytestmark = marks()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import netns
+from lab.providers.local import netns
 from tests.support import netns_sweep
 
 
@@ -41,7 +41,7 @@ def skip_reason() -> str | None:
         if shutil.which(prog) is None:
             return f"{prog} is not installed"
     try:
-        from lab.k8sbin import find_k8s_binaries
+        from lab.host.k8sbin import find_k8s_binaries
         find_k8s_binaries(check_version=False)
     except Exception as exc:  # noqa: BLE001
         return f"no Kubernetes binaries: {exc}"
@@ -103,8 +103,8 @@ class DrillLab:
 
     def vip_holders(self) -> list[str]:
         """Load balancers whose namespace has the VIP (reads addresses, sends nothing)."""
-        from lab import scenario
-        from lab.topology import Topology
+        from lab.model import scenario
+        from lab.model.topology import Topology
         topo = Topology.of(scenario.load(str(self.scenario)))
         vip = f" {topo.lb_address}/"
         return [lb.name for lb in topo.load_balancers

@@ -9,17 +9,17 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from lab.state import Lab
+from tests.support.fake_provider import FakeProvider
 
-from lab import scenario
+from lab.model import scenario
 from lab.errors import HalabError
-from lab.topology import Topology
+from lab.model.topology import Topology
 from lab.drill import expect, faults, journal as jlib, prober, report, runbook, verdict
-from lab.verify import etcd_view
+from lab.deploy.verify import etcd_view
 from lab.drill.engine import holder_node, observer, path_context, probe_plan, Settings
 
 
@@ -211,21 +211,13 @@ def test_the_journal_and_report_say_whether_the_leader_or_a_follower_was_killed(
     assert report.target_words({"targets": ["admin-lb"]}) == "admin-lb"
 
 
-class FakeProvider:
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        return lambda *a, **k: self.calls.append((name,) + a)
-
-
 def test_faults_are_recorded_before_injection_and_forgotten_after_restore(tmp_path, monkeypatch):
     lab = Lab(tmp_path / "l")
     prov = FakeProvider()
     faults.record(lab, "stop-apiserver", ["k8s-node1"], "d1")
     assert lab.record().faults == {"k8s-node1": "stop-apiserver"}
     assert lab.record().fault_details["k8s-node1"]["drill"] == "d1"
-    from lab.procs import ServiceSpec
+    from lab.providers.local.procs import ServiceSpec
     spec = ServiceSpec("k8s-node1", "kube-apiserver", ("x",))
     monkeypatch.setattr(faults, "lab_specs", lambda *a: [spec])
     done = faults.restore_all(lab, topo("case2"), prov)
@@ -489,8 +481,9 @@ def test_probe_plan_runs_each_path_where_its_client_is(tmp_path):
         def p(self, *parts):
             return f"/nodes/{self.node}/" + "/".join(parts)
 
-    class Prov:
-        layout = staticmethod(Lay)
+    class Prov(FakeProvider):
+        def layout(self, node):
+            return Lay(node)
     lab = Lab(tmp_path / "case3")
     specs = {s.key: s for s in probe_plan(lab, t, Prov(), ["k8s-node1"], Settings(), "id1")}
     assert specs["external"].node == "client" and "case3-lb" in specs["external"].argv

@@ -1,4 +1,4 @@
-"""lab.k8sbin: where the Kubernetes binaries come from, and checksum-verified fetch.
+"""lab.host.k8sbin: where the Kubernetes binaries come from, and checksum-verified fetch.
 
 Resolution tests use tiny fake executables (only paths are under test). Fetch
 tests serve files from a local http.server on 127.0.0.1.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import k8sbin
+from lab.host import k8sbin
 from lab.errors import HalabError
 
 NAMES = k8sbin.BINARY_NAMES

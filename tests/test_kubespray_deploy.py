@@ -25,15 +25,19 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from lab import kubeconfig as kc
-from lab import kubespray as ks
-from lab import pki, render, scenario
-from lab.ansible_progress import AnsibleProgress, parse
+from lab.deploy import kubeconfig as kc
+from lab.deploy import kubespray as ks
+from lab.deploy import pki
+from lab import render
+from lab.model import scenario
+from lab.deploy.ansible_progress import AnsibleProgress, parse
 from lab.errors import HalabError
+from lab.providers.base import Capabilities
 from lab.state import Lab
-from lab.playbook import PID_MARKER, playbook_command, remote_line, summarize
-from lab.remote import Remote, Result
-from lab.topology import Topology
+from tests.support.fake_provider import FakeProvider
+from lab.deploy.playbook import PID_MARKER, playbook_command, remote_line, summarize
+from lab.providers.vagrant.remote import Remote, Result
+from lab.model.topology import Topology
 from tests.support.ansible_runs import DATA as ANSIBLE_DATA
 from tests.support.ansible_runs import live_pids
 from tests.support.sshd import descendants, sshd_server  # noqa: F401
@@ -316,7 +320,7 @@ class TableRemote:
 
 def test_playbook_runs_as_root_through_sudo_for_a_vagrant_user(tmp_path):
     """Over SSH as `vagrant`, ansible (and the signal that stops it) go through sudo."""
-    from lab.playbook import run_playbook
+    from lab.deploy.playbook import run_playbook
 
     class Streaming(TableRemote):
         def run(self, cmd, timeout=None, stream=None, sudo=False, stderr_stream=None):
@@ -365,11 +369,15 @@ def _state_lab(root: Path, name: str) -> Lab:
 
 
 def test_cli_static_lab_calls_deploy_static(tmp_path, monkeypatch):
-    from lab import deploy_cli, deploy_static
+    from lab.app import deploy as deploy_cli
+    from lab.deploy import static as deploy_static
     topo = Topology.of(scenario.load("case2", provider="local"))
     checked = []
-    prov = types.SimpleNamespace(preflight=lambda need_k8s: checked.append(need_k8s))
+    prov = FakeProvider()
+    prov.preflight = lambda need_k8s: checked.append(need_k8s)
     monkeypatch.setattr(deploy_cli, "open_lab", lambda lab, *a, **kw: (topo.scenario, topo, prov))
+    # the checks after a deploy have their own tests (tests/test_verify_commands.py)
+    monkeypatch.setattr(deploy_cli, "verify_after_deploy", lambda lab, topo, provider: 0)
     calls = []
     monkeypatch.setattr(deploy_static, "deploy",
                         lambda lab, topo_, provider, progress: calls.append((lab.name, provider)) or {"seconds": 1.5})
@@ -378,14 +386,13 @@ def test_cli_static_lab_calls_deploy_static(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert calls == [("case2", prov)] and "static control plane" in res.output
     assert checked == [True]  # the local provider's programs and binaries, before anything
-    assert "verify skipped" in res.output  # this provider cannot run the checks
     res = _cli("deploy", "--labs-dir", str(tmp_path), "--reset", "--tags", "etcd")
     assert res.exit_code == 1 and "--reset, --tags only apply to kubespray" in res.output
     assert len(calls) == 1
 
 
 def test_cli_kubespray_lab_passes_reset_limit_tags(tmp_path, monkeypatch):
-    from lab import deploy_cli
+    from lab.app import deploy as deploy_cli
     topo = topo_of("case3")
     monkeypatch.setattr(deploy_cli, "open_lab", lambda lab, *a, **kw: (topo.scenario, topo, object()))
     calls = []
@@ -406,10 +413,11 @@ def test_cli_kubespray_lab_passes_reset_limit_tags(tmp_path, monkeypatch):
 
 # ====================================================================== live: real ansible over real sshd
 
-class FakeVagrant:
+class FakeVagrant(FakeProvider):
     """What lab.kubespray needs from the Vagrant provider: a Remote per node (here: the sshd fixture)."""
 
     def __init__(self, server):
+        super().__init__(Capabilities(supervised=False, provisioning=True, ssh=True))
         self.server = server
         self.asked = []
 
@@ -708,7 +716,7 @@ class VerifyingVagrant(FakeVagrant):
 
 @pytest.mark.ssh
 def test_cli_deploy_end_to_end_then_verify(live, sshd_server, monkeypatch):
-    from lab import deploy_cli
+    from lab.app import deploy as deploy_cli
     ll = live("case2")
     ll.provider = VerifyingVagrant(sshd_server)
     ll.provider.root = ll.lab.path.parent / "nodes"

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from lab import commands, scenario
+from lab.app import lab as commands
+from lab.model import scenario
 from lab.errors import HalabError
 from lab.state import Lab, write_atomically
 
@@ -115,3 +116,22 @@ def test_atomic_write_never_follows_a_planted_temp_symlink(tmp_path):
     assert json.loads(target.read_text()) == {"a": 1}
     assert target.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.tmp", "victim"]
+
+
+def test_both_providers_and_the_tests_fake_keep_the_written_contract(tmp_path):
+    from lab.model import scenario as scen
+    from lab.model.topology import Topology
+    from lab.providers.base import Provider
+    from lab.providers.local.provider import LocalProvider
+    from lab.providers.vagrant.provider import VagrantProvider
+    from tests.support.fake_provider import FakeProvider
+    lab = Lab(tmp_path / "c")
+    local = LocalProvider(lab, Topology.of(scen.load("case2", provider="local")))
+    vms = VagrantProvider(lab, Topology.of(scen.load("case2", provider="libvirt")))
+    for prov in (local, vms, FakeProvider()):
+        assert isinstance(prov, Provider), type(prov)
+        missing = [m for m in dir(Provider) if not m.startswith("_") and not hasattr(prov, m)]
+        assert not missing, (type(prov).__name__, missing)
+    assert local.capabilities.supervised and not vms.capabilities.supervised
+    assert vms.capabilities.ssh and vms.capabilities.provisioning
+    assert vms.drill_waits["recovery_timeout"] >= 600 and local.drill_waits == {}

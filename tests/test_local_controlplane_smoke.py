@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import kubeconfig as kc, pki
+from lab.deploy import kubeconfig as kc, pki
 from lab.errors import HalabError
 
 pytestmark = pytest.mark.local
@@ -270,7 +270,7 @@ def k8s_bins():
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    from lab.k8sbin import find_k8s_binaries
+    from lab.host.k8sbin import find_k8s_binaries
     try:
         return find_k8s_binaries()
     except HalabError as exc:

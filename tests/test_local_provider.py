@@ -35,8 +35,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import scenario as scenario_mod
-from lab.topology import Topology
+from lab.model import scenario as scenario_mod
+from lab.model.topology import Topology
 
 pytestmark = pytest.mark.local
 
@@ -65,7 +65,7 @@ def _skip_reason() -> str | None:
         if shutil.which(prog) is None:
             return f"{prog} is not installed"
     try:
-        from lab.k8sbin import find_k8s_binaries
+        from lab.host.k8sbin import find_k8s_binaries
         find_k8s_binaries(check_version=False)
     except Exception as exc:  # noqa: BLE001
         return f"no Kubernetes binaries: {exc}"
@@ -363,7 +363,7 @@ def test_verify_every_path_backends_leases_write(lab):
 
 
 def test_kubectl_reads_and_a_write_through_the_external_path(lab):
-    from lab import kubeconfig as kc
+    from lab.deploy import kubeconfig as kc
     external = kc.default_context(lab.topo)
     cfg = yaml.safe_load((lab.path / "kubeconfig").read_text())
     assert cfg["current-context"] == external
@@ -658,3 +658,51 @@ def test_halab_killed_during_up_then_destroy_cleans_everything(tmp_path, when):
         if proc is not None and proc.poll() is None:
             proc.kill()
         force_cleanup(run)
+
+
+def _exact_namespaces(run: LabRun) -> set[str]:
+    """The lab's namespaces by their exact names (its bridge, its client, its nodes)."""
+    from lab.providers.local import netns
+    return {netns.bridge_ns(run.name), netns.client_ns(run.name),
+            *(netns.ns_name(run.name, n.name) for n in run.topo.nodes)}
+
+
+def _existing_namespaces() -> set[str]:
+    return {p.name for p in Path("/run/netns").iterdir()} if Path("/run/netns").is_dir() else set()
+
+
+def test_two_labs_sharing_a_name_prefix_outlive_their_scenario_files_and_die_apart(tmp_path):
+    """`p` and `p-ha` up together; both YAML files deleted; `status` and `verify` of `p`
+    still work (from its record); `destroy` of `p` (no --force) leaves nothing of it,
+    and `p-ha` still verifies green."""
+    small = "control_plane: {count: 1}\nworker: {count: 1}\n"
+    p = new_lab(tmp_path, f"{PREFIX}p", "case2", small)
+    pha = new_lab(tmp_path, f"{PREFIX}p-ha", "case3-ha", small)
+    assert _exact_namespaces(p).isdisjoint(_exact_namespaces(pha))
+    try:
+        for run in (p, pha):
+            cp = run.h("up", str(run.scenario), "--provider", "local", timeout=300)
+            assert cp.returncode == 0, _show(cp)
+            snapshot_inodes(run)
+        p.scenario.unlink()
+        pha.scenario.unlink()
+        cp = p.h("status", "--lab", p.name, timeout=60)
+        assert cp.returncode == 0 and status_word(cp, p) == "Running", _show(cp)
+        cp = p.h("verify", "--lab", p.name, "--wait", "60", timeout=180)
+        assert cp.returncode == 0, _show(cp)
+        record = json.loads((p.path / "state.json").read_text())
+        assert set(record["resources"]["namespace"]) == _exact_namespaces(p)
+        cp = p.h("destroy", "--lab", p.name, timeout=120)
+        assert cp.returncode == 0 and "nothing left behind" in cp.stdout, _show(cp)
+        existing = _existing_namespaces()
+        assert not existing & _exact_namespaces(p), existing & _exact_namespaces(p)
+        assert _exact_namespaces(pha) <= existing, _exact_namespaces(pha) - existing
+        assert not p.path.exists()
+        cp = pha.h("verify", "--lab", pha.name, "--wait", "60", timeout=180)
+        assert cp.returncode == 0, _show(cp)
+        cp = pha.h("destroy", "--lab", pha.name, timeout=120)
+        assert cp.returncode == 0, _show(cp)
+        assert not _existing_namespaces() & _exact_namespaces(pha)
+    finally:
+        for run in (pha, p):
+            force_cleanup(run)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from lab import kubeconfig as kc
-from lab import netns, procs
+from lab.deploy import kubeconfig as kc
+from lab.providers.local import netns, procs
 from tests.support import netns_sweep
-from lab.commands import lab_health
+from lab.app.lab import lab_health
 from lab.errors import HalabError
 from lab.state import Lab, Record, all_labs, find_lab, labs_root
-from lab.procs import RESTART_MARK, ServiceSpec, Supervisor
+from lab.providers.local.procs import RESTART_MARK, ServiceSpec, Supervisor
 
 
 def _wait(cond, timeout=10.0, step=0.05):
@@ -153,8 +153,8 @@ def test_lab_health_old_signature_still_works():
 # ================================================================== kubeconfig
 
 def _topo(name="case2"):
-    from lab import scenario
-    from lab.topology import Topology
+    from lab.model import scenario
+    from lab.model.topology import Topology
     return Topology.of(scenario.load(name, provider="local"))
 
 
@@ -262,7 +262,7 @@ def test_test_sweep_matches_only_that_lab_name(tmp_path, monkeypatch):
 @pytest.mark.parametrize("case", ["case1", "case2", "case3", "case3-ha"])
 def test_provider_ports_are_unique_and_in_the_subnet(tmp_path, case):
     import ipaddress
-    from lab.providers.local import LocalProvider
+    from lab.providers.local.provider import LocalProvider
     topo = _topo(case)
     prov = LocalProvider(Lab(tmp_path / topo.name), topo)
     ports = prov.ports()
@@ -280,7 +280,7 @@ def test_provider_ports_are_unique_and_in_the_subnet(tmp_path, case):
 
 
 def test_require_root_message(monkeypatch):
-    from lab.providers import local
+    from lab.providers.local import provider as local
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(HalabError) as err:
         local.require_root()
@@ -289,7 +289,7 @@ def test_require_root_message(monkeypatch):
 
 def test_up_without_root_says_root_first_and_creates_nothing(tmp_path, monkeypatch):
     """Not "binaries missing": the root check comes before anything else."""
-    from lab import commands
+    from lab.app import lab as commands
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     empty = tmp_path / "empty-bin"
     empty.mkdir()
@@ -483,7 +483,7 @@ def test_supervisor_crash_loop_shows_restarting(tmp_path, throwaway_ns):
 
 def test_deploy_killed_midway_reads_as_interrupted():
     import subprocess
-    from lab.commands import deploy_state_of
+    from lab.app.lab import deploy_state_of
     p = subprocess.Popen(["true"])
     p.wait()
     assert deploy_state_of({"state": "starting", "pid": p.pid}) == "interrupted"

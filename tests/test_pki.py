@@ -1,4 +1,4 @@
-"""lab.pki: SANs, subjects, chain verification with openssl, file modes, kubeconfig."""
+"""lab.deploy.pki: SANs, subjects, chain verification with openssl, file modes, kubeconfig."""
 from __future__ import annotations
 
 import base64
@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from lab import pki
+from lab.deploy import pki
 
 CPS = [("k8s-node1", "10.250.0.11"), ("k8s-node2", "10.250.0.12"), ("k8s-node3", "10.250.0.13")]
 EXTRA = ["10.250.0.100", "k8s-api.lab", "10.250.0.101"]
@@ -186,7 +186,7 @@ def test_write_pki_overwrites_and_rejects_escape(tmp_path):
 
 
 def test_kubeconfig_from_pki(files):
-    from lab import kubeconfig
+    from lab.deploy import kubeconfig
     text = kubeconfig.dump(kubeconfig.config([("case3", "https://10.250.0.100:6443")],
                                              "case3-admin", files["ca.crt"], files["admin.crt"],
                                              files["admin.key"]))

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from lab.ansible_progress import parse
+from lab.deploy.ansible_progress import parse
 from lab.errors import HalabError
-from lab.playbook import PID_MARKER, playbook_command, run_playbook, summarize
-from lab.remote import Remote
+from lab.deploy.playbook import PID_MARKER, playbook_command, run_playbook, summarize
+from lab.providers.vagrant.remote import Remote
 from tests.support.ansible_runs import DATA, LOCAL_INVENTORY, group_members, live_pids
 from tests.support.sshd import descendants, sshd_server  # noqa: F401
 

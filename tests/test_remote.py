@@ -7,7 +7,7 @@ import time
 import pytest
 
 from lab.errors import HalabError
-from lab.remote import LineWriter, Remote, Result, connect, run_many, ssh_config_for, sudo_wrap
+from lab.providers.vagrant.remote import LineWriter, Remote, Result, connect, run_many, ssh_config_for, sudo_wrap
 from tests.support.sshd import free_port, sshd_server  # noqa: F401
 
 VAGRANT_SSH_CONFIG = """\

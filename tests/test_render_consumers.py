@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import render, scenario
-from lab.topology import API_PORT, Topology
+from lab import render
+from lab.model import scenario
+from lab.model.topology import API_PORT, Topology
 
 BUNDLED = sorted(scenario.bundled_scenarios())
 SECRETS = render.LabSecrets(

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import render, scenario
+from lab import render
+from lab.model import scenario
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 lab (tests/data/vagrant/up-libvirt-3vms.log, from tests/test_vm_lab.py's run)."""
 from pathlib import Path
 
-from lab.vagrant import ProgressTracker, parse_status
+from lab.providers.vagrant.machines import ProgressTracker, parse_status
 
 DATA = Path(__file__).parent / "data" / "vagrant"
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from lab import scenario
+from lab.model import scenario
 from lab.state import Lab
-from lab.providers.vagrant import VagrantProvider
-from lab.topology import Topology
-from lab.verify import check_path, node_probe_command, path_command
+from tests.support.fake_provider import FakeProvider
+from lab.providers.vagrant.provider import VagrantProvider
+from lab.model.topology import Topology
+from lab.deploy.verify import check_path, node_probe_command, path_command
 
 
 def _topo(tmp_path: Path, deployer: str = "static", provider: str = "libvirt") -> Topology:
@@ -44,10 +45,11 @@ def test_client_paths_use_this_hosts_kubectl_with_the_paths_context(tmp_path):
         path_command(lab, topo, prov, _paths(topo)["worker:k8s-node4"])
 
 
-class Worker:
+class Worker(FakeProvider):
     """A node that answers like halab's prober would (and records what it was asked)."""
 
     def __init__(self, stdout: str, rc: int = 0):
+        super().__init__()
         self.stdout, self.rc, self.ran = stdout, rc, []
 
     def layout(self, node):
@@ -89,7 +91,7 @@ def test_the_probe_command_runs_the_real_prober(tmp_path):
     """The argv halab builds is one the prober accepts: against a port nobody listens on
     it prints one failed result and exits 0, as a worker whose proxy is down would."""
     kc = tmp_path / "kubeconfig"
-    from lab import kubeconfig, pki
+    from lab.deploy import kubeconfig, pki
     topo = _topo(tmp_path, provider="local")
     files = pki.lab_pki(topo)
     cfg = kubeconfig.config([("x", "https://127.0.0.1:9")], "u", files["ca.crt"],
@@ -105,8 +107,9 @@ def test_the_probe_command_runs_the_real_prober(tmp_path):
 
 def test_verify_wait_checks_again_until_every_check_passes_or_time_is_up(monkeypatch, tmp_path):
     """`halab verify --wait N`: a busy lab gets N seconds; the last round is the answer."""
-    from lab import commands, verify
-    from lab.verify import Check
+    from lab.app import lab as commands
+    from lab.deploy import verify
+    from lab.deploy.verify import Check
 
     class FakeLab:
         name, events = "busy", []

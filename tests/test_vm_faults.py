@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import remote as remotelib
-from lab import scenario
+from lab.providers.vagrant import remote as remotelib
+from lab.model import scenario
 from lab.state import Lab
-from lab.providers import vagrant as vprov
-from lab.topology import Topology
+from lab.providers.vagrant import provider as vprov
+from lab.model.topology import Topology
 from tests.support.sshd import sshd_server  # noqa: F401
 
 IPTABLES = r'''#!/usr/bin/env python3
@@ -94,7 +94,7 @@ def test_stop_apiserver_on_kubespray_moves_the_manifest_out_and_back(vm_provider
     assert not manifest.exists() and parked.read_text() == "kind: Pod\n"
     prov.stop_service("k8s-node1", "kube-apiserver")  # twice is harmless
     assert parked.exists()
-    from lab.procs import ServiceSpec
+    from lab.providers.local.procs import ServiceSpec
     prov.start([ServiceSpec("k8s-node1", "kube-apiserver", ())])
     assert manifest.exists() and not parked.exists()
     assert vm_provider.calls() == []  # no systemctl: kubelet does the stopping
@@ -102,7 +102,7 @@ def test_stop_apiserver_on_kubespray_moves_the_manifest_out_and_back(vm_provider
 
 def test_stop_etcd_and_lb_use_the_units(vm_provider):
     prov = vm_provider()
-    from lab.procs import ServiceSpec
+    from lab.providers.local.procs import ServiceSpec
     prov.stop_service("k8s-node1", "etcd")
     prov.stop_service("admin-lb", "haproxy")
     prov.start([ServiceSpec("admin-lb", "haproxy", ()), ServiceSpec("k8s-node1", "etcd", ())])
@@ -169,9 +169,9 @@ def test_static_files_arrive_in_one_upload_with_their_modes(vm_provider):
 
 def test_static_units_start_etcd_everywhere_then_one_api_server_at_a_time(vm_provider):
     """Three API servers starting at once starve emulated VMs; each waits for the one before."""
-    from lab.controlplane import plan
+    from lab.deploy.controlplane import plan
     from lab.render import LabSecrets
-    from lab.pki import lab_pki
+    from lab.deploy.pki import lab_pki
     prov = vm_provider(deployer="static")
     specs = [s for s in plan(prov.topo, lab_pki(prov.topo), prov.layout,
                              LabSecrets.generate(), "eth1") if s.node.startswith("k8s-node")]
@@ -195,7 +195,7 @@ def test_static_units_start_etcd_everywhere_then_one_api_server_at_a_time(vm_pro
 
 
 def test_static_unit_waits_for_its_api_server_and_never_gives_up():
-    from lab.procs import ServiceSpec
+    from lab.providers.local.procs import ServiceSpec
     unit = vprov.systemd_unit(ServiceSpec("k8s-node1", "kube-scheduler", ("/opt/halab/bin/kube-scheduler",),
                                           after_url="https://127.0.0.1:6443/healthz"))
     assert "StartLimitIntervalSec=0" in unit and "Restart=always" in unit
@@ -207,11 +207,11 @@ def test_static_unit_waits_for_its_api_server_and_never_gives_up():
 
 def test_emulated_control_planes_get_slower_timers_and_real_ones_do_not():
     """Leader election that survives a 16 s request on an emulated VM; defaults elsewhere."""
-    from lab import controlplane
-    from lab.pki import lab_pki
+    from lab.deploy import controlplane
+    from lab.deploy.pki import lab_pki
     from lab.render import LabSecrets
-    from lab.scenario import load
-    from lab.topology import Topology
+    from lab.model.scenario import load
+    from lab.model.topology import Topology
     topo = Topology.of(load(str(Path(__file__).resolve().parents[1] / "scenarios" / "case2.yaml")))
     pki, secrets = lab_pki(topo), LabSecrets.generate()
     for emulated in (True, False):
@@ -231,5 +231,6 @@ def test_drills_read_a_vm_load_balancer_once_a_second_and_a_local_one_often(vm_p
     """An SSH session per read, back to back, kept an emulated admin-lb at 56 % of a core."""
     from lab.drill.engine import Settings
     assert Settings().fitted(vm_provider()).state_poll_interval == 1.0
-    assert Settings().fitted(object()).state_poll_interval == 0.25   # a local lab
+    from tests.support.fake_provider import FakeProvider
+    assert Settings().fitted(FakeProvider()).state_poll_interval == 0.25   # a local lab
     assert Settings(state_poll_interval=3.0).fitted(vm_provider()).state_poll_interval == 3.0

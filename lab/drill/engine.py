@@ -26,10 +26,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ..errors import HalabError
-from ..kubeconfig import default_context
-from ..verify import api_servers, etcd_probe_argv, etcd_view, one_shot_etcd, prober_argv
-from . import expect, faults as faultlib, journal as jlib, verdict as verdictlib
+from lab.errors import HalabError
+from lab.deploy.kubeconfig import default_context
+from lab.deploy.verify import api_servers, etcd_probe_argv, etcd_view, one_shot_etcd, prober_argv
+from lab.drill import expect, faults as faultlib, journal as jlib, verdict as verdictlib
 
 CLIENT = "client"
 MIN_AUTO_DURATION = 15.0
@@ -74,7 +74,7 @@ class Settings:
         raise the steady-state and after-restore waits to at least that much.
         """
         from dataclasses import replace
-        waits = {**LOCAL_WAITS, **getattr(provider, "drill_waits", {})}
+        waits = {**LOCAL_WAITS, **provider.drill_waits}
         return replace(self, recovery_timeout=self.recovery_timeout or waits["recovery_timeout"],
                        probe_interval=self.probe_interval or waits["probe_interval"],
                        probe_timeout=self.probe_timeout or waits["probe_timeout"],
@@ -429,7 +429,7 @@ def vip_holders(topo, provider) -> list[str]:
 
 def steady_state(lab, topo, provider, wait: float = 0.0, echo=lambda m: None) -> dict:
     """The hypothesis: nothing injected, and every check of `halab verify` passes."""
-    from ..verify import run_checks
+    from lab.deploy.verify import run_checks
     injected = lab.record().faults
     if injected:
         return {"ok": False, "checks": [], "problems": [
@@ -522,10 +522,6 @@ class Drill:
     # --- preconditions (pure checks first, then the lab)
     def prepare(self) -> None:
         topo = self.topo
-        if not hasattr(self.provider, "popen"):
-            raise HalabError(f"drills need long-running probe workers on the lab's nodes, which "
-                             f"the {getattr(self.provider, 'name', '?')} provider cannot start",
-                             code=2, hint="run drills on a local or Vagrant lab")
         holders = vip_holders(topo, self.provider) if self.fault == "stop-lb" else []
         self.by_role = any(t in faultlib.ETCD_ROLES for t in self.requested)
         leader = one_shot_etcd(self.lab, topo, self.provider, self.s.probe_timeout)["leader"] if self.by_role else None

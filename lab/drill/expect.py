@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..render import detect_seconds
-from ..scenario import duration_seconds
-from ..topology import Topology
-from .faults import APISERVER_LOST, ETCD_LOST, LB_LOST, lost
+from lab.render import detect_seconds
+from lab.model.scenario import duration_seconds
+from lab.model.topology import Topology
+from lab.drill.faults import APISERVER_LOST, ETCD_LOST, LB_LOST, lost
 
 SEVERITY = {"up": 0, "blip": 1, "degraded": 2, "down": 3}
 CATEGORIES = tuple(SEVERITY)

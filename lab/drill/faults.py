@@ -14,8 +14,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from ..errors import HalabError
-from ..topology import Topology
+from lab.errors import HalabError
+from lab.model.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -249,9 +249,11 @@ def restore(provider, specs, name: str, node: str) -> None:
 
 def lab_specs(lab, topo, provider) -> list:
     """The lab's service plan (what power_on and the stop-* restores start again)."""
-    from ..deploy_static import load_or_create_pki
-    from ..render import LabSecrets
-    return provider.plan(load_or_create_pki(lab, topo), LabSecrets.load(lab.path / "keys"))
+    from lab.deploy import controlplane
+    from lab.deploy.static import load_or_create_pki
+    from lab.render import LabSecrets
+    return controlplane.plan_for(provider, topo, load_or_create_pki(lab, topo),
+                                 LabSecrets.load(lab.path / "keys"))
 
 
 def restore_all(lab, topo, provider, nodes: list[str] | None = None,

@@ -13,7 +13,7 @@ import re
 import time
 from pathlib import Path
 
-from ..errors import HalabError
+from lab.errors import HalabError
 
 VERSION = 1
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import textwrap
 from dataclasses import replace
 
-from ..errors import HalabError
-from ..topology import Topology
-from . import expect, faults as faultlib
+from lab.errors import HalabError
+from lab.model.topology import Topology
+from lab.drill import expect, faults as faultlib
 
 
 def representative(topo: Topology, fault: str) -> list[str]:
@@ -70,7 +70,7 @@ def render_plan(topo: Topology, fault: str, targets: list[str], ctx: expect.Cont
 
 def matrix(topo: Topology, cases: list[tuple[str, list]], ctx: expect.Context) -> str:
     """Paths x faults, one word per cell: the prediction sheet of a class."""
-    from ..table import table
+    from lab.table import table
     cols, cells = [], {}
     for f, t in cases:
         words = " ".join(t)
@@ -90,19 +90,10 @@ def matrix(topo: Topology, cases: list[tuple[str, list]], ctx: expect.Context) -
     return table(["PATH"] + [c.replace("stop-apiserver", "stop-api") for c in cols], rows)
 
 
-def plan_command(fault, targets, scenario_ref, labs_dir, lab_name, echo) -> int:
-    from .. import scenario as scenariolib
-    ctx = expect.Context()
-    if scenario_ref:
-        topo = Topology.of(scenariolib.load(scenario_ref))
-        source = f"scenario {topo.name}"
-    else:
-        from ..commands import open_lab
-        from ..state import find_lab, labs_root
-        lab = find_lab(lab_name, labs_root(labs_dir))
-        _, topo, prov = open_lab(lab)
-        source = f"lab {lab.name}"
-        ctx = _live_context(lab, topo, prov)
+def print_plan(source: str, topo: Topology, fault, targets, ctx, echo) -> int:
+    """The plan: a table of every fault when none is given, then why, fault by fault.
+    Exit code 2 when the fault asked for would be refused."""
+    ctx = ctx or expect.Context()
     known = []
     if ctx.etcd_leader:
         known.append(f"etcd leader {ctx.etcd_leader}")
@@ -120,14 +111,24 @@ def plan_command(fault, targets, scenario_ref, labs_dir, lab_name, echo) -> int:
     for f, t in cases:
         echo(render_plan(topo, f, t, ctx))
         echo("")
-    return 0
+    return 2 if fault is not None and _refused(topo, fault, list(targets), ctx) else 0
 
 
-def _live_context(lab, topo, prov) -> expect.Context:
+def _refused(topo: Topology, fault: str, targets: list[str], ctx: expect.Context) -> bool:
+    """Would `halab drill FAULT TARGET...` refuse to run (bad target, quorum, last API)?"""
+    leader = ctx.etcd_leader or (topo.etcd_members[0].name if topo.etcd_members else None)
+    try:
+        nodes = faultlib.resolve_targets(topo, fault, targets, ctx.vip_holder, etcd_leader=leader)
+    except HalabError:
+        return True
+    return bool(faultlib.refusals(topo, fault, nodes, {}))
+
+
+def live_context(lab, topo, prov) -> expect.Context:
     """The etcd leader and VIP holder right now, when the lab runs (else unknown)."""
     if lab.record().deploy.get("state") != "deployed":
         return expect.Context()
-    from .engine import one_shot_etcd, vip_holders
+    from lab.drill.engine import one_shot_etcd, vip_holders
     try:
         leader = one_shot_etcd(lab, topo, prov)["leader"]
         holders = vip_holders(topo, prov)

@@ -11,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from ..table import table
-from . import journal as jlib, verdict as verdictlib
-from .expect import ROLE_WORDS
+from lab.table import table
+from lab.drill import journal as jlib, verdict as verdictlib
+from lab.drill.expect import ROLE_WORDS
 
 
 def paths_of(lab, journal: dict) -> tuple[Path, Path]:

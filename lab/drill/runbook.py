@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from ..errors import HalabError
-from . import faults as faultlib, journal as jlib, report
+from lab.errors import HalabError
+from lab.drill import faults as faultlib, journal as jlib, report
 
 RUNBOOK_STEADY_WAIT = 90.0   # after a restore, HAProxy `rise` and lease elections take a while
 
@@ -57,16 +57,9 @@ def steps_of(scenario, topo) -> list[tuple[str, list[str]]]:
     return steps
 
 
-def run(lab, settings, pause: float, quiet: bool, echo) -> int:
-    """Every step under one hold of the lab: nothing else changes it between steps."""
-    with lab.lock("drill run"):
-        return _run(lab, settings, pause, quiet, echo)
-
-
-def _run(lab, settings, pause: float, quiet: bool, echo) -> int:
-    from ..commands import open_lab
-    from .engine import Drill
-    s, topo, prov = open_lab(lab)
+def run(lab, s, topo, prov, settings, pause: float, quiet: bool, echo) -> int:
+    """Every step in turn on an opened lab (the caller holds its lock)."""
+    from lab.drill.engine import Drill
     steps = steps_of(s, topo)
     t0 = time.time()
     rb = {"kind": "runbook", "version": jlib.VERSION,

@@ -5,7 +5,7 @@ synthetic journals and a report can be re-judged later.
 """
 from __future__ import annotations
 
-from .expect import SEVERITY
+from lab.drill.expect import SEVERITY
 
 ISOLATED_TOLERATED = 1   # `up` tolerates one isolated failed probe (a scheduling hiccup)
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from lab.playbook import playbook_command
+from lab.deploy.playbook import playbook_command
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ansible"
 LOCAL_INVENTORY = DATA / "hosts_local.ini"

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 
-from lab import netns
+from lab.providers.local import netns
 
 
 def lab_namespaces(lab: str) -> list[str]:

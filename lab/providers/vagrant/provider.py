@@ -11,11 +11,13 @@ import threading
 import time
 from pathlib import Path
 
-from .. import controlplane, remote as remotelib
-from ..errors import HalabError
-from ..state import Lab
-from ..topology import MachineNames, Topology
-from ..vagrant import ProgressTracker, Vagrant
+from lab.model.services import NGINX_STREAM_MODULE, Layout
+from lab.providers.base import Capabilities
+from lab.providers.vagrant import remote as remotelib
+from lab.errors import HalabError
+from lab.state import Lab
+from lab.model.topology import MachineNames, Topology
+from lab.providers.vagrant.machines import ProgressTracker, Vagrant
 
 VM_BASE = "/var/lib/halab"
 VM_BIN = "/opt/halab/bin"
@@ -35,9 +37,19 @@ _ZSTD_LOCK = threading.Lock()
 CRASH_LOOP = 30          # restarts (1 s apart) before a unit counts as crash-looping
 
 
+def remote_command(command: list[str]) -> list[str]:
+    """`halab ssh NODE -- CMD` on a VM: one argument is a shell command line, as with
+    ssh; several are an argv, quoted for the VM's shell (ssh joins its arguments with
+    spaces, so `sudo sh -c "a; b"` would otherwise run `sh -c a` and then `b`)."""
+    return [shlex.join(command)] if len(command) > 1 else command
+
+
 class VagrantProvider:
+    """VMs through Vagrant (VirtualBox or libvirt); commands on them over SSH."""
+
     name = "vagrant"
-    ready_timeout = 900     # emulated VMs start a control plane in minutes, not seconds
+    lab_iface = LAB_IFACE
+    ready_timeout = 900.0   # emulated VMs start a control plane in minutes, not seconds
 
     def __init__(self, lab: Lab, topo: Topology, k8s_bin_dir: str | None = None):
         self.lab = lab
@@ -80,8 +92,24 @@ class VagrantProvider:
             self._states = self.vagrant.status()
         return self._states.get(node, "not_created")
 
-    def halt(self, node: str | None = None) -> None:
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(supervised=False, provisioning=True, ssh=True,
+                            emulated=self.emulated)
+
+    def halt(self, node: str | None = None) -> str:
         self.vagrant.halt(node)
+        return f"halted {node or 'every VM'}; `halab up` brings it back"
+
+    def service_states(self, node: str) -> dict[str, str]:
+        return {}   # systemd on the VM supervises them; `halab verify` checks the paths
+
+    def shell_argv(self, node: str, command: list[str]) -> list[str]:
+        """`vagrant ssh`; run it in the lab folder (where the Vagrantfile is)."""
+        return self.ssh_argv(node, remote_command(command))
+
+    def client_argv(self, argv: list[str]) -> list[str]:
+        return list(argv)    # the host is the client: it is on the host-only network
 
     def provision(self, node: str | None = None, progress=print) -> None:
         self.vagrant.provision(node, on_line=lambda l: progress(l.rstrip()))
@@ -143,7 +171,7 @@ class VagrantProvider:
         """`show stat` rows of HAProxy on a load balancer VM (its admin socket, over SSH)."""
         import csv
         import io
-        from ..render import HAProxyRuntime
+        from lab.render import HAProxyRuntime
         # an SSH round trip to an emulated VM takes a while: never less than 5 s
         cp = self.run(lb, SHOW_STAT.format(sock=HAProxyRuntime().stats_socket),
                       timeout=max(timeout, 5.0))
@@ -166,7 +194,7 @@ class VagrantProvider:
         """How a drill's probe worker starts on `node` (the prober is one stdlib-only file)."""
         if node == "client":
             return [sys.executable, "-m", "lab.drill.prober"]
-        local = Path(__file__).resolve().parents[1] / "drill" / "prober.py"
+        local = Path(__file__).resolve().parents[2] / "drill" / "prober.py"
         self._upload_file(node, local, VM_PROBER, 0o644)
         return ["python3", VM_PROBER]
 
@@ -201,10 +229,9 @@ class VagrantProvider:
             return str(Path(self.k8s_bin_dir) / "kubectl")
         return shutil.which("kubectl") or "kubectl"
 
-    def layout(self, node: str) -> controlplane.Layout:
+    def layout(self, node: str) -> Layout:
         # nginx runs with halab's own nginx.conf: the stream module is loaded there
-        from .local import NGINX_STREAM_MODULE
-        return controlplane.Layout(base=VM_BASE, k8s_bin=VM_BIN, etcd=f"{VM_BIN}/etcd",
+        return Layout(base=VM_BASE, k8s_bin=VM_BIN, etcd=f"{VM_BIN}/etcd",
                                    nginx="/usr/sbin/nginx", nginx_modules=(NGINX_STREAM_MODULE,),
                                    local=False, emulated=self.emulated)
 
@@ -226,14 +253,6 @@ class VagrantProvider:
         """libvirt with driver qemu: software emulation (TCG), no hardware virtualization."""
         return self.topo.scenario.provider == "libvirt" and \
             self.topo.scenario.provider_options["libvirt"]["driver"] == "qemu"
-
-    def plan(self, pki: dict, secrets) -> list:
-        """The static plan; kubespray labs get name-only specs (their services exist already)."""
-        specs = controlplane.plan(self.topo, pki, self.layout, secrets, LAB_IFACE)
-        if self.topo.scenario.deployer == "static":
-            return specs
-        from ..procs import ServiceSpec
-        return [ServiceSpec(s.node, s.name, ()) for s in specs]
 
     def ports_taken(self, specs) -> list[str]:
         return []  # fresh VMs; a unit that cannot bind fails and shows in dead_services
@@ -295,7 +314,7 @@ class VagrantProvider:
         """A zstd copy of `local`, made once and kept in halab's cache (None: no zstd here)."""
         if not shutil.which("zstd"):
             return None
-        from ..k8sbin import cache_root
+        from lab.host.k8sbin import cache_root
         out = cache_root() / "zstd" / f"{local.name}-{digest[:16]}.zst"
         with _ZSTD_LOCK:  # the nodes upload in parallel: compress each binary once
             if out.exists():

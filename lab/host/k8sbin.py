@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HalabError
+from lab.errors import HalabError
 
 BINARY_NAMES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ENV_BIN_DIR = "HALAB_K8S_BIN_DIR"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import HalabError
-from .topology import API_PORT, Topology
+from lab.errors import HalabError
+from lab.model.topology import API_PORT, Topology
 
 
 def _b64(data: bytes | str) -> str:

@@ -1,38 +1,19 @@
-"""Lab lifecycle verbs: up, status, verify, destroy, kubectl, kubeconfig, fetch-k8s."""
+"""A lab's lifecycle: open it from its record, up, status, verify, destroy, kubectl, kubeconfig."""
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import click
-
-from . import kubeconfig as kc
-from . import render
-from .errors import HalabError
-from .state import Lab, find_lab, labs_root
-from .table import table
-from .topology import Topology
-
-PROVIDERS = click.Choice(["virtualbox", "libvirt", "local"])
-
-
-def lab_options(fn):
-    """--lab NAME and --labs-dir DIR for verbs that act on an existing lab."""
-    @click.option("--lab", "lab_name", default=None, metavar="NAME",
-                  help="Which lab (default: the only one under the labs folder).")
-    @click.option("--labs-dir", default=None, metavar="DIR", envvar="HALAB_LABS_DIR",
-                  help="Folder holding labs (default ./.halab).")
-    @functools.wraps(fn)
-    def wrapper(*args, lab_name=None, labs_dir=None, **kwargs):
-        lab = find_lab(lab_name, labs_root(labs_dir))
-        return fn(*args, lab=lab, **kwargs)
-    return wrapper
-
+from lab.deploy import kubeconfig as kc
+from lab import render
+from lab.app import echo, echo_step, print_warnings
+from lab.errors import HalabError
+from lab.state import Lab, labs_root
+from lab.table import table
+from lab.model.topology import Topology
 
 def open_lab(lab: Lab, k8s_bin_dir: str | None = None, need_k8s: bool = False):
     """(scenario, topology, provider) of an existing lab.
@@ -41,7 +22,7 @@ def open_lab(lab: Lab, k8s_bin_dir: str | None = None, need_k8s: bool = False):
     must be found now (a lab made with `up --no-deploy` has none recorded yet); the
     folder found is recorded in the lab state for later verbs.
     """
-    from . import providers
+    from lab import providers
     rec = lab.record()
     s = scenario_of(lab, rec)
     topo = Topology.of(s)
@@ -55,7 +36,7 @@ def open_lab(lab: Lab, k8s_bin_dir: str | None = None, need_k8s: bool = False):
 
 def scenario_of(lab: Lab, rec=None):
     """The scenario the lab was built from, out of its record (never the YAML file)."""
-    from . import scenario
+    from lab.model import scenario
     rec = rec or lab.record()
     if rec.scenario:
         return scenario.from_record(rec.scenario, rec.scenario_file or str(lab.state_path))
@@ -69,14 +50,10 @@ def scenario_of(lab: Lab, rec=None):
     return s
 
 
-def echo_step(msg: str) -> None:
-    click.echo(f"  {time.strftime('%H:%M:%S')} {msg}")
-
-
 def _resolve_k8s(explicit: str | None, required: bool) -> str | None:
     if not required:
         return explicit
-    from .k8sbin import find_k8s_binaries
+    from lab.host.k8sbin import find_k8s_binaries
     return str(find_k8s_binaries(explicit).directory)
 
 
@@ -84,14 +61,14 @@ def _resolve_k8s(explicit: str | None, required: bool) -> str | None:
 
 def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | None,
        k8s_bin_dir: str | None, doctor: bool = True) -> Lab:
-    from . import providers, scenario
-    from .cli import _print_warnings
+    from lab import providers
+    from lab.model import scenario
     s = scenario.load(scenario_ref, provider=provider)
-    _print_warnings(s.warnings)
+    print_warnings(s.warnings)
     topo = Topology.of(s)
     if s.provider == "local":
         # before anything else: without root, say so (not "binaries missing"), create nothing
-        from .providers.local import require_root
+        from lab.host.doctor import require_root
         require_root()
     lab = Lab(labs_root(labs_dir) / s.name)
     rec = lab.record()
@@ -103,8 +80,8 @@ def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | No
     if s.provider == "local":
         prov.preflight(need_k8s=deploy)
     elif doctor:
-        from .doctor import run_doctor
-        run_doctor(s, echo=click.echo, fail_on_error=True)
+        from lab.host.doctor import run_doctor
+        run_doctor(s, echo=echo, fail_on_error=True)
 
     with lab.lock("up"):
         return _up(lab, s, topo, prov, rec, bin_dir, deploy)
@@ -112,7 +89,7 @@ def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | No
 
 def _compare_with_record(lab: Lab, rec, s):
     """`up` on an existing lab: the YAML against what the lab was built from."""
-    from . import scenario
+    from lab.model import scenario
     if not rec.scenario:
         return s
     diff = scenario.changes(rec.scenario, scenario.as_record(s))
@@ -126,8 +103,8 @@ def _compare_with_record(lab: Lab, rec, s):
                          hint=f"undo the change to continue the lab as built, or "
                               f"`halab destroy --lab {lab.name}` and `halab up` again to build "
                               f"the new one")
-    click.echo("halab: the scenario changed since `up` (taken over, nothing to rebuild):")
-    click.echo("\n".join(rows))
+    echo("halab: the scenario changed since `up` (taken over, nothing to rebuild):")
+    echo("\n".join(rows))
     return s
 
 
@@ -137,8 +114,9 @@ def _short(value) -> str:
 
 
 def _up(lab: Lab, s, topo, prov, rec, bin_dir, deploy) -> Lab:
-    from . import deploy_static, scenario
-    click.echo(f"halab: lab {s.name} (Case {s.case}, {s.provider}) in {lab.path}")
+    from lab.deploy import static as deploy_static
+    from lab.model import scenario
+    echo(f"halab: lab {s.name} (Case {s.case}, {s.provider}) in {lab.path}")
     # render: secrets are made once per lab and kept
     keys = lab.path / "keys"
     secrets = render.LabSecrets.load(keys) if (keys / "id_ed25519").exists() else \
@@ -159,23 +137,23 @@ def _up(lab: Lab, s, topo, prov, rec, bin_dir, deploy) -> Lab:
         if s.deployer == "static":
             result = deploy_static.deploy(lab, topo, prov, progress=echo_step)
         else:
-            from .kubespray import deploy as ks_deploy
+            from lab.deploy.kubespray import deploy as ks_deploy
             result = ks_deploy(lab, topo, prov, progress=echo_step)
         lab.update(phase="deployed")
-        click.echo(f"halab: deployed in {result['seconds']} s")
-    click.echo(f"halab: lab {s.name} is up ({time.monotonic() - t0:.1f} s).")
+        echo(f"halab: deployed in {result['seconds']} s")
+    echo(f"halab: lab {s.name} is up ({time.monotonic() - t0:.1f} s).")
     _summary(lab, topo, deploy)
     return lab
 
 
 def _summary(lab: Lab, topo: Topology, deployed: bool) -> None:
-    click.echo(f"  nodes: {', '.join(f'{n.name} {n.ip}' for n in topo.nodes)}")
+    echo(f"  nodes: {', '.join(f'{n.name} {n.ip}' for n in topo.nodes)}")
     if deployed:
-        click.echo(f"  kubeconfig: {lab.kubeconfig} (context {kc.default_context(topo)})")
-        click.echo("  next: halab verify | halab kubectl get --raw /readyz | "
+        echo(f"  kubeconfig: {lab.kubeconfig} (context {kc.default_context(topo)})")
+        echo("  next: halab verify | halab kubectl get --raw /readyz | "
                    "halab drill plan | halab drill kill " + topo.control_planes[0].name)
     else:
-        click.echo("  next: halab deploy, then halab verify")
+        echo("  next: halab deploy, then halab verify")
 
 
 # ------------------------------------------------------------------ status
@@ -234,19 +212,18 @@ def status(lab: Lab) -> int:
         m = prov.machine_state(n.name)
         machines[n.name] = m
         services = ""
-        if hasattr(prov, "sup"):
-            node_svcs = {name: prov.sup.state(n.name, name)
-                         for _, name in prov.sup.services(n.name)}
+        if prov.capabilities.supervised:
+            node_svcs = prov.service_states(n.name)
             svc_states.update({f"{n.name}/{k}": v for k, v in node_svcs.items()})
             services = " ".join(f"{k}:{v}" for k, v in node_svcs.items()) or "-"
         rows.append([n.name, n.role.replace("_", "-"), n.ip, m, services])
     deploy = deploy_state_of(rec.deploy)
     health = lab_health(machines, deploy, faults, svc_states)
-    click.echo(f"{lab.name}: {health}")
-    click.echo(f"  Case {s.case}, provider {s.provider}, deploy: {deploy or 'not deployed'}"
+    echo(f"{lab.name}: {health}")
+    echo(f"  Case {s.case}, provider {s.provider}, deploy: {deploy or 'not deployed'}"
                + (f", faults injected: {', '.join(f'{k}={v}' for k, v in faults.items())}"
                   if faults else ""))
-    click.echo(table(["NODE", "ROLE", "ADDRESS", "STATE", "SERVICES"], rows, indent="  "))
+    echo(table(["NODE", "ROLE", "ADDRESS", "STATE", "SERVICES"], rows, indent="  "))
     return 0 if health == "Running" else 1
 
 
@@ -255,7 +232,7 @@ def status(lab: Lab) -> int:
 def verify(lab: Lab, write: bool = True, wait: float = 0) -> int:
     """One round of checks; with `wait`, rounds every 10 s until all pass or it is up
     (an emulated lab is busy for minutes after a deploy or a boot)."""
-    from .verify import run_checks
+    from lab.deploy.verify import run_checks
     s, topo, prov = open_lab(lab)
     deadline = time.monotonic() + wait
     while True:
@@ -268,33 +245,35 @@ def verify(lab: Lab, write: bool = True, wait: float = 0) -> int:
                   f"checking again, {left:.0f} s left")
         time.sleep(min(10.0, max(left, 0.1)))
     rows = [[c.name, c.target, "OK" if c.ok else "FAIL", c.detail] for c in checks]
-    click.echo(table(["CHECK", "TARGET", "RESULT", "DETAIL"], rows))
+    echo(table(["CHECK", "TARGET", "RESULT", "DETAIL"], rows))
     lab.event("verify", ok=not failed, failed=[c.target for c in failed])
     if failed:
-        click.echo(f"\n{len(failed)} check(s) failed:")
+        echo(f"\n{len(failed)} check(s) failed:")
         for c in failed:
-            click.echo(f"  {c.name} {c.target}: {c.detail}" + (f"; {c.advice}" if c.advice else ""))
+            echo(f"  {c.name} {c.target}: {c.detail}" + (f"; {c.advice}" if c.advice else ""))
         return 1
-    click.echo(f"\nall {len(checks)} checks passed")
+    echo(f"\nall {len(checks)} checks passed")
     return 0
 
 
 # ------------------------------------------------------------------ destroy
 
-def destroy(lab: Lab, force: bool = False) -> None:
-    """Remove exactly what the lab's record lists; `force` only skips the question."""
+def destroy(lab: Lab, confirm=None) -> None:
+    """Remove exactly what the lab's record lists. `confirm(question)` may say no
+    (the CLI asks at a terminal unless --force)."""
     with lab.lock("destroy"):
         s, topo, prov = open_lab(lab)
         rec = lab.record()
-        if not force and sys.stdin.isatty():
-            what = f"{len(topo.nodes)} {'VMs' if s.provider != 'local' else 'nodes'}"
-            click.confirm(f"destroy lab {lab.name} ({what}, Case {s.case}, {s.provider})?",
-                          abort=True)
+        what = f"{len(topo.nodes)} {'VMs' if s.provider != 'local' else 'nodes'}"
+        if confirm and not confirm(f"destroy lab {lab.name} ({what}, Case {s.case}, "
+                                   f"{s.provider})?"):
+            echo("halab: nothing was destroyed")
+            return
         if rec.kubeconfig_merged:
             path = Path(rec.kubeconfig_merged_into or kc.user_kubeconfig_path())
             if path.exists():
                 kc.write(path, kc.unmerge(kc.load(path), rec.kubeconfig_merged))
-                click.echo(f"  removed {len(rec.kubeconfig_merged)} entries from {path}")
+                echo(f"  removed {len(rec.kubeconfig_merged)} entries from {path}")
             lab.update(kubeconfig_merged=[])
         left = prov.destroy(progress=echo_step)
         if left:
@@ -302,7 +281,7 @@ def destroy(lab: Lab, force: bool = False) -> None:
                              hint="run `halab destroy` again; the lab folder and its record "
                                   "were kept")
         shutil.rmtree(lab.path)
-    click.echo(f"halab: lab {lab.name} destroyed; nothing left behind")
+    echo(f"halab: lab {lab.name} destroyed; nothing left behind")
 
 
 # ------------------------------------------------------------------ kubectl
@@ -311,95 +290,41 @@ def kubectl(lab: Lab, args: list[str]) -> int:
     s, topo, prov = open_lab(lab)
     if not lab.kubeconfig.exists():
         raise HalabError(f"lab {lab.name} has no kubeconfig yet", hint="run `halab deploy`")
-    from .verify import kubectl_for
-    argv = [kubectl_for(prov), f"--kubeconfig={lab.kubeconfig}", *args]
-    if s.provider == "local":
-        from . import netns
-        argv = netns.exec_prefix(prov.ns("client")) + argv
-    return subprocess.call(argv)
+    return subprocess.call(prov.client_argv([prov.kubectl, f"--kubeconfig={lab.kubeconfig}",
+                                             *args]))
 
 
-def register(main: click.Group) -> None:
-    @main.command("up")
-    @click.argument("scenario_ref", metavar="SCENARIO")
-    @click.option("--provider", type=PROVIDERS, default=None,
-                  help="Override the scenario's provider (local = network namespaces).")
-    @click.option("--no-deploy", is_flag=True, help="Only bring the machines up.")
-    @click.option("--skip-doctor", is_flag=True, help="Do not run `halab doctor` first.")
-    @click.option("--k8s-bin-dir", default=None, envvar="HALAB_K8S_BIN_DIR",
-                  help="Folder with kube-apiserver, kube-controller-manager, kube-scheduler.")
-    @click.option("--labs-dir", default=None, envvar="HALAB_LABS_DIR")
-    def up_cmd(scenario_ref, provider, no_deploy, skip_doctor, k8s_bin_dir, labs_dir):
-        """Create (or continue) a lab: render, machines up, deploy, summary."""
-        from .cli import handle_errors
-        handle_errors(up)(scenario_ref, provider, not no_deploy, labs_dir, k8s_bin_dir,
-                          doctor=not skip_doctor)
+def merge_kubeconfig(lab: Lab) -> None:
+    """The lab's contexts into ~/.kube/config; `destroy` takes them out again."""
+    if not lab.kubeconfig.exists():
+        raise HalabError(f"lab {lab.name} has no kubeconfig yet", hint="run `halab deploy`")
+    target = kc.user_kubeconfig_path()
+    merged, added = kc.merge(kc.load(target), kc.load(lab.kubeconfig))
+    kc.write(target, merged)
+    lab.update(kubeconfig_merged=added, kubeconfig_merged_into=str(target))
+    echo(f"merged {len(added)} entries into {target}; `halab destroy` removes them again")
 
-    @main.command("status")
-    @lab_options
-    def status_cmd(lab):
-        """Per node state, addresses, services and a one-word lab health."""
-        from .cli import handle_errors
-        sys.exit(handle_errors(status)(lab))
 
-    @main.command("verify")
-    @click.option("--no-write", is_flag=True, help="Skip the ConfigMap write check.")
-    @click.option("--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
-                  show_default=True,
-                  help="Check again every 10 s until every check passes or SECONDS pass.")
-    @lab_options
-    def verify_cmd(lab, no_write, wait):
-        """Check every access path, HAProxy backends, leases and a write."""
-        from .cli import handle_errors
-        sys.exit(handle_errors(verify)(lab, write=not no_write, wait=wait))
+# ------------------------------------------------------------------ machines
 
-    @main.command("destroy")
-    @click.option("--force", "-f", is_flag=True, help="Do not ask first.")
-    @lab_options
-    def destroy_cmd(lab, force):
-        """Remove the lab: machines, processes, namespaces, kubeconfig entries, lab folder."""
-        from .cli import handle_errors
-        handle_errors(destroy)(lab, force)
+def shell_argv(lab: Lab, node: str, command: list[str]) -> list[str]:
+    """The argv of `halab ssh NODE [-- CMD]` on the lab's provider."""
+    s, topo, prov = open_lab(lab)
+    names = [n.name for n in topo.nodes]
+    if node not in names:
+        raise HalabError(f"lab {lab.name} has no node {node!r}", hint=f"nodes: {', '.join(names)}")
+    return prov.shell_argv(node, command)
 
-    @main.command("kubectl", context_settings={"ignore_unknown_options": True,
-                                               "allow_interspersed_args": False})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    @lab_options
-    def kubectl_cmd(lab, args):
-        """Run kubectl against the lab (for the local provider, from the client namespace)."""
-        from .cli import handle_errors
-        sys.exit(handle_errors(kubectl)(lab, list(args)))
 
-    @main.command("kubeconfig")
-    @click.option("--merge", is_flag=True, help="Merge the lab's contexts into ~/.kube/config.")
-    @lab_options
-    def kubeconfig_cmd(lab, merge):
-        """Print the lab kubeconfig's path, or merge it into your kubeconfig."""
-        from .cli import handle_errors
+def halt(lab: Lab, node: str | None = None) -> None:
+    s, topo, prov = open_lab(lab)
+    with lab.lock("halt"):
+        echo(prov.halt(node))
+        lab.event("halt", node=node)
 
-        def run():
-            if not lab.kubeconfig.exists():
-                raise HalabError(f"lab {lab.name} has no kubeconfig yet", hint="run `halab deploy`")
-            if not merge:
-                click.echo(str(lab.kubeconfig))
-                return
-            target = kc.user_kubeconfig_path()
-            merged, added = kc.merge(kc.load(target), kc.load(lab.kubeconfig))
-            kc.write(target, merged)
-            lab.update(kubeconfig_merged=added, kubeconfig_merged_into=str(target))
-            click.echo(f"merged {len(added)} entries into {target}; "
-                       f"`halab destroy` removes them again")
-        handle_errors(run)()
 
-    @main.command("fetch-k8s")
-    @click.argument("version")
-    @click.option("--dest", default=None, help="Folder (default: halab's cache).")
-    def fetch_k8s_cmd(version, dest):
-        """Download official Kubernetes server binaries (checksums verified) into the cache."""
-        from .cli import handle_errors
-        from . import k8sbin
-
-        def run():
-            target = k8sbin.fetch_k8s(version, dest)
-            click.echo(f"installed Kubernetes {version} binaries into {target}")
-        handle_errors(run)()
+def provision(lab: Lab, node: str | None = None) -> None:
+    s, topo, prov = open_lab(lab)
+    with lab.lock("provision"):
+        prov.provision(node, progress=echo)
+        lab.event("provision", node=node)

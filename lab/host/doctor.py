@@ -15,10 +15,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import hostinfo
-from .errors import HalabError
-from .scenario import Scenario
-from .topology import Topology
+from lab.host import hostinfo
+from lab.errors import HalabError
+from lab.model.scenario import Scenario
+from lab.model.topology import Topology
 
 VBOX_DEFAULT_RANGE = ipaddress.IPv4Network("192.168.56.0/21")
 DISK_PER_VM_GIB = {True: 3, False: 8}  # linked clone or not
@@ -245,13 +245,13 @@ def _shrink_hint(s: Scenario, topo: Topology, host_mib: int) -> str:
 
 
 def _mini():
-    from .scenario import load
+    from lab.model.scenario import load
     return load("mini")
 
 
 def run_doctor(s: Scenario, echo=print, fail_on_error: bool = False,
                facts: HostFacts | None = None) -> list[Finding]:
-    from .state import labs_root
+    from lab.state import labs_root
     findings = evaluate(s, facts or gather(labs_root()))
     for f in findings:
         echo(f"  {f.level:<4} {f.check}: {f.detail}" + (f" -> fix: {f.fix}" if f.fix and f.level != "OK" else ""))
@@ -261,3 +261,47 @@ def run_doctor(s: Scenario, echo=print, fail_on_error: bool = False,
                          + "; ".join(f"{f.check}: {f.detail}" for f in failed),
                          hint="fix them (see above), or skip the check with --skip-doctor")
     return findings
+
+
+# ------------------------------------------------------------------ the local provider
+
+REQUIRED_PROGRAMS = {"etcd": "etcd-server", "haproxy": "haproxy", "nginx": "nginx-light",
+                     "keepalived": "keepalived", "ip": "iproute2", "unshare": "util-linux"}
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise HalabError("the local provider needs root (it creates network namespaces)",
+                         code=2, hint="run it with sudo, e.g. `sudo halab up case2 --provider local`")
+
+
+def missing_programs(topo: Topology) -> list[tuple[str, str]]:
+    needed = ["ip", "unshare", "etcd"]
+    if topo.load_balancers:
+        needed.append("haproxy")
+    if len(topo.load_balancers) > 1:
+        needed.append("keepalived")
+    if topo.workers_use_local_proxy and topo.workers:
+        needed.append("nginx")
+    return [(p, REQUIRED_PROGRAMS[p]) for p in needed if shutil.which(p) is None]
+
+
+def doctor_verb(s: Scenario, echo=print) -> int:
+    """`halab doctor`: every finding with its fix; 1 when one of them fails."""
+    if s.provider == "local":
+        require_root()
+        missing = missing_programs(Topology.of(s))
+        for prog, pkg in missing:
+            echo(f"  FAIL {prog}: not installed -> fix: apt-get install {pkg}")
+        from lab.host.k8sbin import find_k8s_binaries
+        try:
+            k = find_k8s_binaries()
+            echo(f"  OK   Kubernetes binaries: {k.version} in {k.directory}")
+        except HalabError as exc:
+            echo(f"  FAIL Kubernetes binaries: {exc.message}"
+                 + (f" -> fix: {exc.hint}" if exc.hint else ""))
+            missing.append(("k8s", ""))
+        return 1 if missing else 0
+    echo(f"halab doctor: scenario {s.name} ({s.provider})")
+    findings = run_doctor(s, echo=echo)
+    return 1 if any(f.level == "FAIL" for f in findings) else 0

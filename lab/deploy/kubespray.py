@@ -22,12 +22,12 @@ from typing import Callable, Optional
 
 import yaml
 
-from . import kubeconfig as kc
-from .ansible_progress import AnsibleProgress, count_list_tasks, format_duration, render_recap_table
-from .errors import HalabError
-from .state import Lab, labs_root
-from .playbook import PlaybookCommand, PlaybookSummary, playbook_command, run_playbook
-from .topology import Topology
+from lab.deploy import kubeconfig as kc
+from lab.deploy.ansible_progress import AnsibleProgress, count_list_tasks, format_duration, render_recap_table
+from lab.errors import HalabError
+from lab.state import Lab, labs_root
+from lab.deploy.playbook import PlaybookCommand, PlaybookSummary, playbook_command, run_playbook
+from lab.model.topology import Topology
 
 KUBESPRAY_DIR = "/root/kubespray"
 KUBESPRAY_VENV = "/root/kubespray-venv"
@@ -383,7 +383,7 @@ def deploy(lab: Lab, topo: Topology, provider, progress: Progress = lambda m: No
     """
     t0 = time.monotonic()
     runner = runner_node(topo)
-    if not callable(getattr(provider, "remote", None)):
+    if not provider.capabilities.ssh:
         raise HalabError(f"the {type(provider).__name__} cannot reach {runner} over SSH, where kubespray runs",
                          hint="kubespray needs VMs (provider virtualbox or libvirt); "
                               "the local provider uses `deployer: static`")

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from .errors import MISSING, HalabError, Problem, ScenarioError
-from .resources import resource_dir
+from lab.errors import MISSING, HalabError, Problem, ScenarioError
+from lab.resources import resource_dir
 
 CASES = (1, 2, 3)
 PROVIDERS = ("virtualbox", "libvirt", "local")
@@ -205,6 +205,11 @@ class Scenario:
     source: str
     warnings: tuple = field(default=(), compare=False)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def uses_kubespray(self) -> bool:
+        """Kubespray deploys this lab (the local provider always runs halab's own)."""
+        return self.deployer == "kubespray" and self.provider != "local"
 
     @property
     def ha_lb(self) -> bool:
@@ -807,7 +812,7 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
             raw=raw,
         )
         # address plan problems need the node list: the topology reports them
-        from .topology import plan_problems
+        from lab.model.topology import plan_problems
         for p in plan_problems(provisional):
             chk.problems.append(Problem(chk.file_of(p.field), p.field, p.value, p.message,
                                         p.fix, p.severity))

@@ -13,23 +13,10 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .netns import exec_prefix
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """One long-running program on one node."""
-
-    node: str
-    name: str
-    argv: tuple[str, ...]
-    files: dict = field(default_factory=dict)   # absolute path -> bytes/str, written first
-    env: dict = field(default_factory=dict)
-    ready_url: str | None = None                 # documentation / optional checks
-    after_url: str | None = None                 # start only once this answers (VM units)
+from lab.model.services import ServiceSpec
+from lab.providers.local.netns import exec_prefix
 
 
 def _starttime(pid: int) -> str | None:

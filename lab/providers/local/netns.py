@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HalabError
+from lab.errors import HalabError
 
 LAB_IFACE = "lab0"
 BRIDGE = "br0"

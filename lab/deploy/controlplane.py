@@ -8,12 +8,11 @@ is no kubelet: this is a control-plane lab (see README).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import PurePosixPath
-
-from . import kubeconfig, render
-from .procs import ServiceSpec
-from .topology import API_PORT, Node, Topology
+from lab.deploy import kubeconfig
+from lab import render
+from lab.model.services import Layout, ServiceSpec
+from lab.render import haproxy_runtime
+from lab.model.topology import API_PORT, Node, Topology
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -41,24 +40,6 @@ EMULATED_LEADER_ELECTION_FLAGS = ("--leader-elect-lease-duration=60s",
 # kubelet starts them together and lets them crash-loop, which costs an emulated VM
 # the CPU its API server needs to come up)
 LOCAL_API_HEALTHZ = f"https://127.0.0.1:{API_PORT}/healthz"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where things are on one node (a folder of the lab dir locally, /var/lib/halab on a VM)."""
-
-    base: str                 # node's own folder: pki/, etcd data, configs
-    k8s_bin: str              # folder with kube-apiserver, kube-controller-manager, kube-scheduler
-    etcd: str = "etcd"
-    haproxy: str = "haproxy"
-    nginx: str = "nginx"
-    keepalived: str = "keepalived"
-    nginx_modules: tuple = ()
-    local: bool = True        # local provider (runtime paths inside `base`) or a VM
-    emulated: bool = False    # a VM without hardware virtualization (QEMU TCG): 10-20x slower
-
-    def p(self, *parts: str) -> str:
-        return str(PurePosixPath(self.base, *parts))
 
 
 def etcd_initial_cluster(topo: Topology) -> str:
@@ -175,14 +156,6 @@ def scheduler_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> Servic
     return ServiceSpec(node.name, "kube-scheduler", argv, files, after_url=LOCAL_API_HEALTHZ)
 
 
-def haproxy_runtime(lay: Layout) -> render.HAProxyRuntime:
-    if not lay.local:
-        return render.HAProxyRuntime()
-    return render.HAProxyRuntime(stats_socket=lay.p("haproxy.sock"),
-                                 pidfile=lay.p("haproxy.pid"), chroot=None, user=None,
-                                 group=None, log="stdout format raw")
-
-
 def haproxy_spec(topo: Topology, node: Node, lay: Layout) -> ServiceSpec:
     cfg = lay.p("haproxy.cfg")
     text = render.haproxy_cfg(topo, node, haproxy_runtime(lay))
@@ -229,3 +202,12 @@ def plan(topo: Topology, pki: dict, layout_of, secrets, iface: str = "lab0") -> 
         for w in topo.workers:
             specs.append(nginx_spec(topo, w, layout_of(w.name)))
     return specs
+
+
+def plan_for(provider, topo: Topology, pki: dict, secrets) -> list[ServiceSpec]:
+    """The plan on a provider's layout. A kubespray lab's services exist already
+    (kubespray made them): its specs carry names only, for the drills' faults."""
+    specs = plan(topo, pki, provider.layout, secrets, provider.lab_iface)
+    if not topo.scenario.uses_kubespray:
+        return specs
+    return [ServiceSpec(s.node, s.name, ()) for s in specs]

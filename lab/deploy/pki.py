@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .state import write_atomically
+from lab.state import write_atomically
 
 CA_DAYS = 3650
 LEAF_DAYS = 1825

@@ -12,11 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import kubeconfig, pki as pkilib
-from .errors import HalabError
-from .state import Lab
-from .render import LabSecrets
-from .topology import Topology
+from lab.deploy import controlplane, kubeconfig, pki as pkilib
+from lab.errors import HalabError
+from lab.state import Lab
+from lab.render import LabSecrets
+from lab.model.topology import Topology
 
 
 def load_or_create_pki(lab: Lab, topo: Topology) -> dict:
@@ -57,12 +57,12 @@ def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
 
     `timeout` defaults to the provider's `ready_timeout` (emulated VMs need minutes).
     """
-    timeout = timeout or getattr(provider, "ready_timeout", 180)
+    timeout = timeout or provider.ready_timeout
     secrets = LabSecrets.load(lab.path / "keys")
     t0 = time.monotonic()
     with lab.step("deploy"):
         pki = load_or_create_pki(lab, topo)
-        specs = provider.plan(pki, secrets)
+        specs = controlplane.plan_for(provider, topo, pki, secrets)
         taken = provider.ports_taken(specs)
         if taken:
             raise HalabError("; ".join(taken),
@@ -71,7 +71,7 @@ def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
         provider.start(specs, progress)
         write_kubeconfigs(lab, topo, pki, provider)
         progress("waiting for every access path to answer /readyz")
-        from .verify import wait_ready
+        from lab.deploy.verify import wait_ready
         ready = wait_ready(lab, topo, provider, timeout=timeout, progress=progress)
     seconds = round(time.monotonic() - t0, 1)
     lab.update(deploy={"state": "deployed", "deployer": "static", "seconds": seconds,

@@ -5,8 +5,12 @@ import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
 
-from .errors import Problem
-from .scenario import Scenario
+from typing import TYPE_CHECKING
+
+from lab.errors import Problem
+
+if TYPE_CHECKING:  # a view of a validated scenario; scenario.build asks it for plan problems
+    from lab.model.scenario import Scenario
 
 API_PORT = 6443
 ROLE_ORDER = ("admin_lb", "control_plane", "worker", "etcd")

@@ -5,16 +5,11 @@ local lab (namespaces) and a VM lab (SSH).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import socket
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from .topology import AccessPath, Topology
+from lab.model.topology import AccessPath, Topology
 
 
 @dataclass(frozen=True)
@@ -27,14 +22,12 @@ class Check:
 
 
 def kubectl_for(provider) -> str:
-    return provider.kubectl if getattr(provider, "kubectl", None) else "kubectl"
+    return provider.kubectl
 
 
 def prober_argv(provider, node: str) -> list[str]:
     """How halab's prober starts on `node`: the provider may ship it there first (a VM)."""
-    if hasattr(provider, "prober_argv"):
-        return provider.prober_argv(node)
-    return [sys.executable, "-m", "lab.drill.prober"]
+    return provider.prober_argv(node)
 
 
 def etcd_probe_argv(lab, topo: Topology, provider, interval: float = 1.0,
@@ -89,7 +82,7 @@ def etcd_check(lab, topo: Topology, provider) -> Check | None:
     if not topo.etcd_members or not (lab.path / "pki" / "apiserver-etcd-client.crt").exists():
         return None   # kubespray keeps etcd's certificates on the nodes
     # an emulated VM answers slowly when busy: the drills' etcd probe allows 15 s there
-    slow = (getattr(provider, "drill_waits", None) or {}).get("probe_timeout", 5.0)
+    slow = provider.drill_waits.get("probe_timeout", 5.0)
     view = one_shot_etcd(lab, topo, provider, timeout=max(5.0, slow))
     ok = view["leader"] is not None and not view["down"]
     n = len(topo.etcd_members)
@@ -121,7 +114,7 @@ def node_probe_command(prober: list[str], kubeconfig: str, seconds: float) -> li
 
 
 def _external_context(topo: Topology) -> str:
-    from .kubeconfig import default_context
+    from lab.deploy.kubeconfig import default_context
     return default_context(topo)
 
 
@@ -158,22 +151,6 @@ def _last_json(text: str) -> dict:
 def _first_line(text: str) -> str:
     lines = [l for l in (text or "").splitlines() if l.strip()]
     return lines[-1][:160] if lines else "no answer"
-
-
-def haproxy_show_stat(sock: Path, timeout: float = 2.0) -> list[dict]:
-    """`show stat` over the admin socket -> rows (pxname, svname, status, check_status, ...)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock))
-        s.sendall(b"show stat\n")
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    text = b"".join(chunks).decode().lstrip("# ")
-    return list(csv.DictReader(io.StringIO(text)))
 
 
 def api_servers(rows: list[dict], backend: str = "k8s-api") -> list[dict]:
@@ -214,10 +191,9 @@ def run_checks(lab, topo: Topology, provider, write: bool = True) -> list[Check]
         checks.append(Check("lease holder", lease, holder is not None, holder or "none",
                             "" if holder else f"is {lease} running on a control plane?"))
     for w in topo.workers:
-        has_proxy = provider.sup.state(w.name, "nginx-proxy") == "running" \
-            if hasattr(provider, "sup") else None
-        if has_proxy is None:
-            continue
+        if not provider.capabilities.supervised:
+            continue   # on VMs systemd runs nginx; the worker's own path check covers it
+        has_proxy = provider.service_states(w.name).get("nginx-proxy") == "running"
         want = topo.workers_use_local_proxy
         checks.append(Check("worker proxy", w.name, has_proxy == want,
                             f"nginx proxy {'running' if has_proxy else 'absent'} "
@@ -253,13 +229,13 @@ def wait_ready(lab, topo, provider, timeout: float = 180, progress=lambda m: Non
         pending = [p for p in pending if not _ready(lab, topo, provider, p, ready, progress)]
         if not pending:
             break
-        dead = provider.dead_services() if hasattr(provider, "dead_services") else []
+        dead = provider.dead_services()
         if dead:
-            from .errors import HalabError
+            from lab.errors import HalabError
             raise HalabError(f"{len(dead)} service(s) exited: " + "; ".join(dead),
                              hint=f"full logs in {lab.logs}; fix, then `halab up` again")
         if time.monotonic() > deadline:
-            from .errors import HalabError
+            from lab.errors import HalabError
             names = ", ".join(p.key for p in pending)
             raise HalabError(f"not ready after {timeout:.0f} s: {names}",
                              hint=f"look at the logs in {lab.logs}, then `halab verify`")
@@ -267,7 +243,7 @@ def wait_ready(lab, topo, provider, timeout: float = 180, progress=lambda m: Non
     for lease in ("kube-controller-manager", "kube-scheduler"):
         while lease_holder(lab, topo, provider, lease) is None:
             if time.monotonic() > deadline:
-                from .errors import HalabError
+                from lab.errors import HalabError
                 raise HalabError(f"no {lease} lease holder after {timeout:.0f} s",
                                  hint=f"look at {lab.logs}")
             time.sleep(0.5)

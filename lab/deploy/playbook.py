@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from lab.ansible_progress import AnsibleProgress, Failure, RecapRow, render_recap_table
+from lab.deploy.ansible_progress import AnsibleProgress, Failure, RecapRow, render_recap_table
 from lab.errors import HalabError
 
 DEFAULT_FACT_CACHE = "/tmp/halab-ansible-facts"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import vagrant as pyvagrant
 
-from .errors import HalabError
+from lab.errors import HalabError
 
 # "==> k8s-node1: Booting VM..." / "    k8s-node1: [halab] k8s-node1: swap off"
 _LINE = re.compile(r"^(?:==> |    )(?P<vm>[A-Za-z0-9._-]+): (?P<msg>.*)$")

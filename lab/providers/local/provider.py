@@ -9,43 +9,42 @@ The student's laptop is the `client` namespace, with the subnet's first address
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
+import socket
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
-from .. import controlplane, netns, render
-from ..errors import HalabError
-from ..state import Lab
-from ..procs import Supervisor
-from ..topology import API_PORT, Topology
+from lab.model.services import NGINX_STREAM_MODULE, Layout
+from lab.host.doctor import missing_programs, require_root
+from lab.providers.base import Capabilities
+from lab.providers.local import netns
+from lab import render
+from lab.errors import HalabError
+from lab.state import Lab
+from lab.providers.local.procs import Supervisor
+from lab.model.topology import API_PORT, Topology
 
 CLIENT = "client"
-REQUIRED_PROGRAMS = {"etcd": "etcd-server", "haproxy": "haproxy", "nginx": "nginx-light",
-                     "keepalived": "keepalived", "ip": "iproute2", "unshare": "util-linux"}
-NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
-def require_root() -> None:
-    if os.geteuid() != 0:
-        raise HalabError("the local provider needs root (it creates network namespaces)",
-                         code=2, hint="run it with sudo, e.g. `sudo halab up case2 --provider local`")
-
-
-def missing_programs(topo: Topology) -> list[tuple[str, str]]:
-    needed = ["ip", "unshare", "etcd"]
-    if topo.load_balancers:
-        needed.append("haproxy")
-    if len(topo.load_balancers) > 1:
-        needed.append("keepalived")
-    if topo.workers_use_local_proxy and topo.workers:
-        needed.append("nginx")
-    return [(p, REQUIRED_PROGRAMS[p]) for p in needed if shutil.which(p) is None]
+def local_command(command: list[str]) -> list[str]:
+    """A command for a local lab's node: one argument goes through sh, several are exec'd."""
+    return ["sh", "-c", command[0]] if len(command) == 1 else command
 
 
 class LocalProvider:
+    """Every node a network namespace, every service a process halab supervises."""
+
     name = "local"
+    capabilities = Capabilities(supervised=True, provisioning=False, ssh=False)
+    lab_iface = netns.LAB_IFACE
+    ready_timeout = 180.0
+    drill_waits: dict = {}     # the drill's defaults are this provider's
 
     def __init__(self, lab: Lab, topo: Topology, k8s_bin_dir: str | None = None):
         self.lab = lab
@@ -81,9 +80,9 @@ class LocalProvider:
     def port_of(self, node: str) -> netns.Port:
         return dict(self.ports())[node]
 
-    def layout(self, node: str) -> controlplane.Layout:
+    def layout(self, node: str) -> Layout:
         modules = (NGINX_STREAM_MODULE,) if Path(NGINX_STREAM_MODULE).exists() else ()
-        return controlplane.Layout(base=str(self.lab.path / "nodes" / node),
+        return Layout(base=str(self.lab.path / "nodes" / node),
                                    k8s_bin=self.k8s_bin_dir or "", nginx_modules=modules,
                                    local=True)
 
@@ -199,8 +198,28 @@ class LocalProvider:
         return left
 
     # ------------------------------------------------------------ control plane
-    def plan(self, pki: dict, secrets) -> list:
-        return controlplane.plan(self.topo, pki, self.layout, secrets, netns.LAB_IFACE)
+    def service_states(self, node: str) -> dict[str, str]:
+        return {name: self.sup.state(node, name) for _, name in self.sup.services(node)}
+
+    def halt(self, node: str | None = None) -> str:
+        targets = [node] if node else [n.name for n in self.topo.nodes]
+        for t in targets:
+            self.sup.stop_all(t)
+        return f"stopped the processes of {', '.join(targets)}; `halab up` starts them"
+
+    def provision(self, node: str | None = None, progress=print) -> None:
+        progress("the local provider has no provisioning scripts; `halab up` re-applies")
+
+    def shell_argv(self, node: str, command: list[str]) -> list[str]:
+        return netns.exec_prefix(self.ns(node)) + (local_command(command) or
+                                                   [os.environ.get("SHELL", "bash")])
+
+    def client_argv(self, argv: list[str]) -> list[str]:
+        """A host program run as the student's laptop: inside the client namespace."""
+        return netns.exec_prefix(self.ns(CLIENT)) + list(argv)
+
+    def prober_argv(self, node: str) -> list[str]:
+        return [sys.executable, "-m", "lab.drill.prober"]
 
     def put_file(self, node: str, path: str, data, mode: int = 0o644) -> None:
         """Nodes' files live in the lab directory: a plain write."""
@@ -241,11 +260,10 @@ class LocalProvider:
         return subprocess.Popen(netns.exec_prefix(self.ns(node)) + list(argv), **kw)
 
     def haproxy_socket(self, lb: str) -> Path:
-        return Path(controlplane.haproxy_runtime(self.layout(lb)).stats_socket)
+        return Path(render.haproxy_runtime(self.layout(lb)).stats_socket)
 
     def haproxy_stat(self, lb: str, timeout: float = 2.0) -> list[dict]:
         """HAProxy `show stat` rows of a load balancer (its admin socket is a local file)."""
-        from ..verify import haproxy_show_stat
         return haproxy_show_stat(self.haproxy_socket(lb), timeout=timeout)
 
     # ------------------------------------------------------------ faults (drill primitives)
@@ -279,9 +297,25 @@ class LocalProvider:
 
 def _last_line(path: Path) -> str:
     try:
-        from ..procs import RESTART_MARK
+        from lab.providers.local.procs import RESTART_MARK
         lines = [l for l in path.read_text(errors="replace").splitlines()
                  if l.strip() and RESTART_MARK not in l]
     except OSError:
         return "no log"
     return lines[-1][:200] if lines else "empty log"
+
+
+def haproxy_show_stat(sock: Path, timeout: float = 2.0) -> list[dict]:
+    """`show stat` over the admin socket -> rows (pxname, svname, status, check_status, ...)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock))
+        s.sendall(b"show stat\n")
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    text = b"".join(chunks).decode().lstrip("# ")
+    return list(csv.DictReader(io.StringIO(text)))

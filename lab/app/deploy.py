@@ -1,0 +1,82 @@
+"""`halab deploy`: (re)deploy Kubernetes on an existing lab, then verify it.
+
+kubespray labs run kubespray on admin-lb (lab.kubespray); `deployer: static`
+labs (and every local-provider lab) start halab's own control plane
+(lab.deploy_static). A deploy that worked is followed by `halab verify`'s checks.
+"""
+from __future__ import annotations
+
+import time
+
+from lab.deploy import kubeconfig as kc
+from lab.app import echo, echo_step
+from lab.app.lab import open_lab
+from lab.errors import HalabError
+from lab.state import Lab
+from lab.table import table
+
+KUBESPRAY_ONLY = ("--reset", "--limit", "--tags")
+
+
+def run_deploy(lab: Lab, reset: bool = False, limit: str | None = None, tags: str | None = None,
+               verify: bool = True, k8s_bin_dir: str | None = None) -> int:
+    """Deploy, record the result in the lab state, verify; returns the exit code."""
+    with lab.lock("deploy"):
+        return _run_deploy(lab, reset, limit, tags, verify, k8s_bin_dir)
+
+
+def _run_deploy(lab: Lab, reset, limit, tags, verify, k8s_bin_dir) -> int:
+    from lab.deploy import static as deploy_static, kubespray
+    s, topo, prov = open_lab(lab, k8s_bin_dir)
+    if not s.uses_kubespray:
+        # halab's own control plane: its binaries must be found now (after
+        # `halab up --no-deploy` none are recorded yet)
+        s, topo, prov = open_lab(lab, k8s_bin_dir, need_k8s=True)
+        if s.provider == "local":
+            prov.preflight(need_k8s=True)
+    if s.uses_kubespray:
+        echo(f"halab: deploying lab {lab.name} (Case {s.case}) with kubespray "
+                   f"{s.kubespray.version}")
+        result = kubespray.deploy(lab, topo, prov, progress=echo_step, limit=limit, tags=tags,
+                                  reset=reset)
+    else:
+        given = [flag for flag, value in zip(KUBESPRAY_ONLY, (reset, limit, tags)) if value]
+        if given:
+            raise HalabError(f"{', '.join(given)} only apply to kubespray; lab {lab.name} uses "
+                             f"the static deployer ({s.provider} provider)",
+                             hint=f"run `halab deploy --lab {lab.name}` without them")
+        echo(f"halab: deploying lab {lab.name} (Case {s.case}) with halab's static control plane")
+        result = deploy_static.deploy(lab, topo, prov, progress=echo_step)
+    lab.update(phase="deployed")
+    echo(f"halab: deployed in {result['seconds']} s")
+    if lab.kubeconfig.exists():
+        echo(f"  kubeconfig: {lab.kubeconfig} (context {kc.default_context(topo)}); "
+                   "`halab kubeconfig --merge` adds it to ~/.kube/config")
+    if not verify:
+        return 0
+    return verify_after_deploy(lab, topo, prov)
+
+
+def verify_after_deploy(lab: Lab, topo, provider) -> int:
+    """`halab verify`'s checks, when the provider can run them; 1 if any failed."""
+    from lab.deploy.verify import run_checks
+    echo("halab: verifying every access path")
+    try:
+        checks = run_checks(lab, topo, provider)
+    except HalabError as exc:
+        echo(f"  verify could not run: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+        lab.update(verify={"ok": False, "at": time.time(), "error": exc.message})
+        return 1
+    echo(table(["CHECK", "TARGET", "RESULT", "DETAIL"],
+                     [[c.name, c.target, "OK" if c.ok else "FAIL", c.detail] for c in checks]))
+    failed = [c for c in checks if not c.ok]
+    lab.update(verify={"ok": not failed, "at": time.time(),
+                       "failed": [f"{c.name} {c.target}" for c in failed]})
+    lab.event("verify", ok=not failed, failed=[c.target for c in failed])
+    if failed:
+        echo(f"\nthe deploy finished, but {len(failed)} check(s) failed:")
+        for c in failed:
+            echo(f"  {c.name} {c.target}: {c.detail}" + (f"; {c.advice}" if c.advice else ""))
+        return 1
+    echo(f"all {len(checks)} checks passed")
+    return 0

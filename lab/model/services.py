@@ -1,0 +1,45 @@
+"""What runs where, as data: a node's file layout and one long-running service.
+
+The deployers decide what runs (`lab.deploy.controlplane` builds ServiceSpecs); the
+providers decide how (a supervised process locally, a systemd unit on a VM). Both
+sides meet in these types, so neither imports the other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+# the stream module Debian's nginx-light loads from (the workers' API proxy needs it)
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things are on one node (a folder of the lab dir locally, /var/lib/halab on a VM)."""
+
+    base: str                 # node's own folder: pki/, etcd data, configs
+    k8s_bin: str              # folder with kube-apiserver, kube-controller-manager, kube-scheduler
+    etcd: str = "etcd"
+    haproxy: str = "haproxy"
+    nginx: str = "nginx"
+    keepalived: str = "keepalived"
+    nginx_modules: tuple = ()
+    local: bool = True        # local provider (runtime paths inside `base`) or a VM
+    emulated: bool = False    # a VM without hardware virtualization (QEMU TCG): 10-20x slower
+
+    def p(self, *parts: str) -> str:
+        return str(PurePosixPath(self.base, *parts))
+
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One long-running program on one node."""
+
+    node: str
+    name: str
+    argv: tuple[str, ...]
+    files: dict = field(default_factory=dict)   # absolute path -> bytes/str, written first
+    env: dict = field(default_factory=dict)
+    ready_url: str | None = None                 # documentation / optional checks
+    after_url: str | None = None                 # start only once this answers (VM units)
