@@ -307,3 +307,30 @@ def test_every_lab_verb_in_an_empty_folder_is_two_lines_and_no_traceback(tmp_pat
         assert "Traceback" not in result.output and len(lines) <= 3, (verb, result.output)
         assert "halab: error: no lab in" in result.output, (verb, result.output)
         assert not (tmp_path / ".halab").exists(), verb      # nothing was written
+
+
+def test_bare_halab_prints_help_on_stdout_and_exits_0():
+    cp = subprocess.run([sys.executable, "-m", "lab.cli"], capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0 and cp.stderr == ""
+    assert cp.stdout.startswith("Usage:") and "Commands:" in cp.stdout
+    # whole summaries: none cut off with "..."
+    commands = cp.stdout.split("Commands:", 1)[1]
+    assert "..." not in commands, commands
+
+
+def test_drill_plan_takes_the_scenario_positionally_like_every_verb():
+    res = halab("drill", "plan", "case2")
+    assert "Expectations for scenario case2 (Case 2)" in res.output
+    one = halab("drill", "plan", "case3", "stop-lb")
+    assert "halab drill stop-lb" in one.output and "Case 3" in one.output
+
+
+def test_a_refused_drill_in_a_plan_exits_2():
+    res = halab("drill", "plan", "case2", "kill", "k8s-node1", "k8s-node2", ok=False)
+    assert res.exit_code == 2, res.output
+    assert "refused unless --allow-quorum-loss" in res.output
+    bad = halab("drill", "plan", "case2", "kill", "no-such-node", ok=False)
+    assert bad.exit_code == 2 and "refused:" in bad.output
+    typo = halab("drill", "plan", "case2", "kil", ok=False)
+    assert typo.exit_code == 2, typo.output

@@ -1,1 +1,1 @@
-"""."""
+"""The local provider: network namespaces and supervised processes on this machine."""

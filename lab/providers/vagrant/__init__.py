@@ -1,1 +1,1 @@
-"""."""
+"""The VM provider: Vagrant (VirtualBox or libvirt), SSH through Fabric."""
