@@ -86,38 +86,57 @@ def vm_provider(sshd_server, tmp_path, monkeypatch):  # noqa: F811
 pytestmark = pytest.mark.ssh
 
 
+def _spec(prov, node: str, service: str):
+    """The service as the deploy layer describes it for this lab (who runs it, how)."""
+    from lab.deploy import controlplane
+    from lab.deploy.pki import lab_pki
+    from lab.render import LabSecrets
+    specs = controlplane.plan_for(prov, prov.topo, lab_pki(prov.topo), LabSecrets.generate())
+    return next(s for s in specs if s.node == node and s.name == service)
+
+
 def test_stop_apiserver_on_kubespray_moves_the_manifest_out_and_back(vm_provider):
     prov = vm_provider()
     manifest = vm_provider.root / "etc/kubernetes/manifests/kube-apiserver.yaml"
     parked = vm_provider.root / "etc/kubernetes/halab-stopped/kube-apiserver.yaml"
-    prov.stop_service("k8s-node1", "kube-apiserver")
+    api = _spec(prov, "k8s-node1", "kube-apiserver")
+    assert api.manifest == "kube-apiserver.yaml" and not api.managed
+    prov.stop_service(api)
     assert not manifest.exists() and parked.read_text() == "kind: Pod\n"
-    prov.stop_service("k8s-node1", "kube-apiserver")  # twice is harmless
+    prov.stop_service(api)  # twice is harmless
     assert parked.exists()
-    from lab.providers.local.procs import ServiceSpec
-    prov.start([ServiceSpec("k8s-node1", "kube-apiserver", ())])
+    prov.start([api])
     assert manifest.exists() and not parked.exists()
     assert vm_provider.calls() == []  # no systemctl: kubelet does the stopping
 
 
 def test_stop_etcd_and_lb_use_the_units(vm_provider):
     prov = vm_provider()
-    from lab.providers.local.procs import ServiceSpec
-    prov.stop_service("k8s-node1", "etcd")
-    prov.stop_service("admin-lb", "haproxy")
-    prov.start([ServiceSpec("admin-lb", "haproxy", ()), ServiceSpec("k8s-node1", "etcd", ())])
+    etcd, lb = _spec(prov, "k8s-node1", "etcd"), _spec(prov, "admin-lb", "haproxy")
+    prov.stop_service(etcd)
+    prov.stop_service(lb)
+    prov.start([lb, etcd])
     assert vm_provider.calls() == ["systemctl stop etcd", "systemctl stop haproxy",
                                    "systemctl start haproxy", "systemctl start etcd"]
 
 
 def test_static_deployer_units_are_halab_prefixed(vm_provider):
     prov = vm_provider(deployer="static")
-    prov.stop_service("k8s-node1", "kube-apiserver")
-    prov.stop_service("k8s-node1", "etcd", hard=True)
-    prov.stop_service("admin-lb", "haproxy")
+    prov.stop_service(_spec(prov, "k8s-node1", "kube-apiserver"))
+    prov.stop_service(_spec(prov, "k8s-node1", "etcd"), hard=True)
+    prov.stop_service(_spec(prov, "admin-lb", "haproxy"))
     assert vm_provider.calls() == ["systemctl stop halab-kube-apiserver",
                                    "systemctl kill -s KILL halab-etcd",
                                    "systemctl stop halab-etcd", "systemctl stop haproxy"]
+
+
+def test_the_vm_provider_never_asks_which_deployer_built_the_lab():
+    """Deployer knowledge travels in the service specs (lab.deploy.controlplane)."""
+    import inspect
+    from lab.providers.vagrant import provider as vagrant_provider
+    from lab.providers.local import provider as local_provider
+    for module in (vagrant_provider, local_provider):
+        assert ".deployer" not in inspect.getsource(module), module.__name__
 
 
 def test_partition_drops_the_lab_nic_only_and_heal_removes_every_rule(vm_provider):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from lab.deploy import kubeconfig
 from lab import render
-from lab.model.services import Layout, ServiceSpec
+from dataclasses import replace
+
+from lab.model.services import PROVISIONED_SERVICES, Layout, ServiceSpec
 from lab.render import haproxy_runtime
 from lab.model.topology import API_PORT, Node, Topology
 
@@ -205,9 +207,24 @@ def plan(topo: Topology, pki: dict, layout_of, secrets, iface: str = "lab0") -> 
 
 
 def plan_for(provider, topo: Topology, pki: dict, secrets) -> list[ServiceSpec]:
-    """The plan on a provider's layout. A kubespray lab's services exist already
-    (kubespray made them): its specs carry names only, for the drills' faults."""
+    """The plan on a provider's layout, each spec saying who runs it.
+
+    On VMs, HAProxy and keepalived are the distribution's services (provisioning
+    installed them), and a kubespray lab's services exist already (kubespray made
+    them: etcd and the load balancers as units, kube-apiserver as a static pod); halab
+    only stops and starts those, for the drills' faults.
+    """
     specs = plan(topo, pki, provider.layout, secrets, provider.lab_iface)
-    if not topo.scenario.uses_kubespray:
+    if provider.capabilities.supervised:
         return specs
-    return [ServiceSpec(s.node, s.name, ()) for s in specs]
+    return [_controlled(s, topo.scenario.uses_kubespray) for s in specs]
+
+
+def _controlled(spec: ServiceSpec, kubespray: bool) -> ServiceSpec:
+    if spec.name in PROVISIONED_SERVICES:
+        return replace(spec, unit=spec.name)
+    if not kubespray:
+        return spec
+    if spec.name == "kube-apiserver":
+        return ServiceSpec(spec.node, spec.name, (), manifest="kube-apiserver.yaml")
+    return ServiceSpec(spec.node, spec.name, (), unit=spec.name)

@@ -622,12 +622,15 @@ class Drill:
             self.mark("warmup_start")
             self._sleep(s.warmup, live=False)
             self._check_warmup()
+            # which unit, process or manifest a stop-* fault stops: the lab's plan says
+            self.specs = faultlib.lab_specs(self.lab, self.topo, self.provider) \
+                if faultlib.FAULTS[self.fault].service else []
             self.mark("inject_start")
             recorded = True   # from here on, a signal must lead to a restore
             faultlib.record(self.lab, self.fault, self.targets, drill_id)
             self.lab.event("drill:inject", drill=drill_id, fault=self.fault, targets=self.targets)
             for t in self.targets:
-                faultlib.inject(self.provider, self.fault, t)
+                faultlib.inject(self.provider, self.specs, self.fault, t)
             self.mark("injected")
             self.say(f"injected {self.fault} on {', '.join(self.targets)}; observing "
                      f"{s.duration:g} s")

@@ -218,7 +218,8 @@ def forget(lab, node: str) -> None:
     lab.update(faults=faults, fault_details=details)
 
 
-def inject(provider, name: str, node: str) -> None:
+def inject(provider, specs, name: str, node: str) -> None:
+    """Inject one fault; `specs` is the lab's plan (which service a stop-* stops, and how)."""
     if name == "kill":
         provider.power_off(node)
     elif name == "freeze":
@@ -226,7 +227,15 @@ def inject(provider, name: str, node: str) -> None:
     elif name == "partition":
         provider.partition(node)
     else:
-        provider.stop_service(node, FAULTS[name].service)
+        provider.stop_service(_spec_of(specs, name, node))
+
+
+def _spec_of(specs, name: str, node: str):
+    service = FAULTS[name].service
+    for s in specs:
+        if s.node == node and s.name == service:
+            return s
+    raise HalabError(f"cannot {name} on {node}: the lab's plan has no {service} there")
 
 
 def restore(provider, specs, name: str, node: str) -> None:
@@ -239,12 +248,7 @@ def restore(provider, specs, name: str, node: str) -> None:
     elif name == "partition":
         provider.heal(node)
     else:
-        service = FAULTS[name].service
-        wanted = [s for s in specs if s.node == node and s.name == service]
-        if not wanted:
-            raise HalabError(f"cannot restore {name} on {node}: the lab's plan has no "
-                             f"{service} there")
-        provider.start(wanted)
+        provider.start([_spec_of(specs, name, node)])
 
 
 def lab_specs(lab, topo, provider) -> list:

@@ -11,6 +11,8 @@ from pathlib import PurePosixPath
 
 # the stream module Debian's nginx-light loads from (the workers' API proxy needs it)
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+# HAProxy and keepalived run as the distribution's services, set up by admin-lb.sh
+PROVISIONED_SERVICES = ("haproxy", "keepalived")
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,14 @@ class ServiceSpec:
     env: dict = field(default_factory=dict)
     ready_url: str | None = None                 # documentation / optional checks
     after_url: str | None = None                 # start only once this answers (VM units)
+    # How the service is controlled when something else installed it (the deployer
+    # says so; the provider never asks which deployer it was): a systemd unit of that
+    # name, or a static pod manifest kubelet runs from /etc/kubernetes/manifests.
+    # Both empty: halab runs it itself (a supervised process, or its own unit on a VM).
+    unit: str = ""
+    manifest: str = ""
+
+    @property
+    def managed(self) -> bool:
+        """halab installs and runs this service itself."""
+        return not (self.unit or self.manifest)

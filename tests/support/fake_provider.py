@@ -91,8 +91,8 @@ class FakeProvider:
     def dead_services(self, specs=None):
         return []
 
-    def stop_service(self, node, name, hard=False):
-        self._call("stop_service", node, name)
+    def stop_service(self, spec, hard=False):
+        self._call("stop_service", spec.node, spec.name)
 
     def haproxy_stat(self, lb, timeout=2.0):
         return []

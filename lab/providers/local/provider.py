@@ -291,8 +291,8 @@ class LocalProvider:
     def heal(self, node: str) -> None:
         netns.set_link(self.bridge, self.port_of(node).bridge_port, up=True)
 
-    def stop_service(self, node: str, name: str, hard: bool = False) -> None:
-        self.sup.stop(node, name, hard=hard)
+    def stop_service(self, spec, hard: bool = False) -> None:
+        self.sup.stop(spec.node, spec.name, hard=hard)
 
 
 def _last_line(path: Path) -> str:

@@ -22,8 +22,6 @@ from lab.providers.vagrant.machines import ProgressTracker, Vagrant
 VM_BASE = "/var/lib/halab"
 VM_BIN = "/opt/halab/bin"
 VM_PROBER = "/opt/halab/prober.py"
-# HAProxy and keepalived run as the distribution's services, set up by admin-lb.sh
-PROVISIONED_SERVICES = ("haproxy", "keepalived")
 LAB_IFACE = "@LAB_IFACE@"
 
 # socat starts in milliseconds even on an emulated VM (python3 takes ~1 s there)
@@ -332,11 +330,9 @@ class VagrantProvider:
         Services the VM already has (HAProxy and keepalived from provisioning, every
         service of a kubespray cluster) are only started again (a drill's restore).
         """
-        existing = [s for s in specs if s.name in PROVISIONED_SERVICES
-                    or self.topo.scenario.deployer != "static"]
+        existing = [s for s in specs if not s.managed]
         for spec in existing:
-            self._check(spec.node, service_command(self.topo.scenario.deployer, spec.name, "start",
-                                                   self.fs_root))
+            self._check(spec.node, service_command(spec, "start", self.fs_root))
         specs = [s for s in specs if s not in existing]
         binaries = {"etcd": Path(shutil.which("etcd") or "/usr/bin/etcd")}
         for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
@@ -431,8 +427,8 @@ class VagrantProvider:
         Units restart forever (like static pods), so "dead" means crash-looping:
         more restarts than a cold start under emulation needs (etcd waits for peers).
         """
-        if self.topo.scenario.deployer != "static":
-            return []
+        if specs is not None and not any(s.managed for s in specs):
+            return []    # nothing here is halab's own unit
         dead = []
         faults = self.lab.record().faults
         probe = ("for u in $(systemctl list-units --all --plain --no-legend 'halab-*' "
@@ -448,9 +444,8 @@ class VagrantProvider:
                                 f"{restarts} restarts: {' '.join(last).strip()[:160]}")
         return dead
 
-    def stop_service(self, node: str, name: str, hard: bool = False) -> None:
-        self._check(node, service_command(self.topo.scenario.deployer, name,
-                                          "kill" if hard else "stop", self.fs_root))
+    def stop_service(self, spec, hard: bool = False) -> None:
+        self._check(spec.node, service_command(spec, "kill" if hard else "stop", self.fs_root))
 
     def freeze(self, node: str) -> list[str]:
         """A hung VM: the hypervisor pauses it (TCP peers see silence, no RST)."""
@@ -485,8 +480,7 @@ class VagrantProvider:
         self.vagrant.run(["up", node, "--no-provision"], "up", timeout=1200)
         # its management address may have changed with the boot: ask vagrant again
         (self.lab.path / "ssh_config").unlink(missing_ok=True)
-        units = [service_unit(self.topo.scenario.deployer, s.name)
-                 for s in specs if s.node == node]
+        units = [service_unit(s) for s in specs if s.node == node and not s.manifest]
         if units:
             self._check(node, "systemctl start --no-block " + " ".join(units))
 
@@ -530,28 +524,28 @@ PARKED = "/etc/kubernetes/halab-stopped"
 PARTITION_TAG = "halab-partition"
 
 
-def service_command(deployer: str, name: str, action: str, root: str = "") -> str:
+def service_command(spec, action: str, root: str = "") -> str:
     """The shell command that stops ("stop", "kill") or starts a service on a VM.
 
-    kubespray runs kube-apiserver as a static pod: moving its manifest out makes
-    kubelet stop it, moving it back restores it (`crictl stop` only makes kubelet
-    restart it). etcd, HAProxy and keepalived are systemd units there; halab's
-    static deployer names its units halab-<service>. `root` prefixes paths (tests).
+    A static pod (kubespray's kube-apiserver): moving its manifest out makes kubelet
+    stop it, moving it back restores it (`crictl stop` only makes kubelet restart it).
+    Everything else is a systemd unit: the one the spec names, or halab's own
+    (halab-<service>). `root` prefixes paths (tests).
     """
-    if deployer == "kubespray" and name == "kube-apiserver":
-        src, dst = f"{root}{MANIFESTS}/kube-apiserver.yaml", f"{root}{PARKED}/kube-apiserver.yaml"
+    if spec.manifest:
+        src, dst = f"{root}{MANIFESTS}/{spec.manifest}", f"{root}{PARKED}/{spec.manifest}"
         if action == "start":
             return f"test ! -e {dst} || mv {dst} {src}"
         return f"mkdir -p {root}{PARKED} && {{ test ! -e {src} || mv {src} {dst}; }}"
-    unit = service_unit(deployer, name)
+    unit = service_unit(spec)
     if action == "kill":
         return f"systemctl kill -s KILL {unit} && systemctl stop {unit}"
     return f"systemctl {action} {unit}"
 
 
-def service_unit(deployer: str, name: str) -> str:
-    """The systemd unit of a service on a VM (halab's static deployer prefixes its own)."""
-    return name if name in PROVISIONED_SERVICES or deployer == "kubespray" else f"halab-{name}"
+def service_unit(spec) -> str:
+    """The systemd unit of a service on a VM: the spec's, or halab's own halab-<name>."""
+    return spec.unit or f"halab-{spec.name}"
 
 
 def partition_command(ip: str, cut: bool) -> str:
