@@ -73,7 +73,7 @@ def test_show_case2_nodes_addresses_totals_and_access_paths():
         ("k8s-node2", "192.168.10.12"), ("k8s-node3", "192.168.10.13"),
         ("k8s-node4", "192.168.10.14"), ("k8s-node5", "192.168.10.15")]
     assert [r[1] for r in nodes] == ["admin-lb (HAProxy, NFS, kubespray runner)"] + \
-        ["control plane + etcd"] * 3 + ["worker"] * 2
+        ["control plane + etcd"] * 3 + ["worker + nginx API proxy"] * 2
     assert [(r[3], r[4]) for r in nodes] == [("2", "1024 MiB")] + [("4", "2048 MiB")] * 5
     assert "Total: 22 vCPU, 11264 MiB RAM" in out
     assert "API load balancer: 192.168.10.10:6443 (k8s-api.case2.lab)" in out
@@ -82,6 +82,29 @@ def test_show_case2_nodes_addresses_totals_and_access_paths():
         "control-plane components": "https://127.0.0.1:6443",
         "worker kubelet/kube-proxy": "https://localhost:6443",
     }
+
+
+@pytest.mark.parametrize("name, provider, admin_lb, worker", [
+    ("case1", None, "admin-lb (NFS, kubespray runner)", "worker + nginx API proxy"),
+    ("case1", "local", "admin-lb (admin tools only)", "worker + nginx API proxy"),
+    ("case3", None, "admin-lb (HAProxy, NFS, kubespray runner)", "worker"),
+    ("case3-ha", None, "admin-lb (HAProxy, keepalived VIP, NFS, kubespray runner)", "worker"),
+])
+def test_show_labels_what_each_node_really_runs(name, provider, admin_lb, worker):
+    out = halab("show", name, *(["--provider", provider] if provider else [])).stdout
+    roles = {r[0]: r[1] for r in _table(out, "NODE")}
+    lb = "admin-lb1" if name == "case3-ha" else "admin-lb"
+    assert roles[lb] == admin_lb
+    workers = [r[1] for r in _table(out, "NODE") if r[1].startswith("worker")]
+    assert workers and set(workers) == {worker}
+
+
+def test_show_says_when_vcpus_are_overcommitted(monkeypatch):
+    from lab.host import hostinfo
+    monkeypatch.setattr(hostinfo, "cpus", lambda: 2)
+    assert "CPUs are overcommitted 11.0x" in halab("show", "case2").stdout
+    monkeypatch.setattr(hostinfo, "cpus", lambda: 32)
+    assert "overcommitted" not in halab("show", "case2").stdout
 
 
 @pytest.mark.parametrize("name, external, workers, via_external", [

@@ -43,7 +43,7 @@ def register(main: click.Group) -> None:
     @click.option("--provider", type=PROVIDERS, default=None)
     def show_cmd(scenario_ref, provider):
         """Nodes, roles, addresses, sizes and the access path of each kind of client."""
-        from lab.model.topology import ROLE_LABEL, Topology
+        from lab.model.topology import Topology
         s = load_scenario(scenario_ref, provider)
         topo = Topology.of(s)
         click.echo(f"Lab {s.name}: Case {s.case}, provider {s.provider}, deployer {s.deployer}, "
@@ -51,7 +51,7 @@ def register(main: click.Group) -> None:
         if s.description:
             click.echo(s.description)
         click.echo()
-        rows = [[n.name, ROLE_LABEL[n.role], n.ip, n.cpus, f"{n.memory} MiB"] for n in topo.nodes]
+        rows = [[n.name, topo.role_label(n), n.ip, n.cpus, f"{n.memory} MiB"] for n in topo.nodes]
         click.echo(table(["NODE", "ROLE", "ADDRESS", "vCPU", "RAM"], rows))
         host_mem = hostinfo.memory_mib()
         total = topo.total_memory()
@@ -59,6 +59,10 @@ def register(main: click.Group) -> None:
             "tight (leave the host some room)" if total <= host_mem else "does NOT fit"
         click.echo(f"\nTotal: {topo.total_cpus()} vCPU, {total} MiB RAM; this host has "
                    f"{hostinfo.cpus()} CPUs and {host_mem} MiB: {verdict}")
+        if s.provider != "local" and topo.total_cpus() > hostinfo.cpus():
+            click.echo(f"CPUs are overcommitted {topo.total_cpus() / hostinfo.cpus():.1f}x: the "
+                       f"VMs share {hostinfo.cpus()} CPUs (fine for a lab at rest; deploys and "
+                       f"drills run slower, and timings in reports stretch)")
         if topo.lb_address is not None:
             click.echo(f"API load balancer: {topo.lb_address}:6443 ({topo.lb_name})")
         click.echo("\nAccess paths in this Case:")

@@ -14,9 +14,6 @@ if TYPE_CHECKING:  # a view of a validated scenario; scenario.build asks it for 
 
 API_PORT = 6443
 ROLE_ORDER = ("admin_lb", "control_plane", "worker", "etcd")
-ROLE_LABEL = {"admin_lb": "admin-lb (HAProxy, NFS, kubespray runner)",
-              "control_plane": "control plane + etcd", "worker": "worker",
-              "etcd": "external etcd"}
 
 
 @dataclass(frozen=True)
@@ -126,6 +123,26 @@ def plan_problems(s: Scenario) -> list[Problem]:
 class Topology:
     scenario: Scenario
     nodes: tuple[Node, ...]
+
+    def role_label(self, node: "Node") -> str:
+        """What the node really runs in this scenario, in the lab's own words."""
+        s = self.scenario
+        if node.role == "admin_lb":
+            runs = []
+            if s.load_balancer:
+                runs.append("HAProxy")
+                if len(self.admin_lbs) > 1:
+                    runs.append("keepalived VIP")
+            if s.nfs_enabled and s.provider != "local":   # the local provider runs no NFS
+                runs.append("NFS")
+            if s.uses_kubespray and node.name == self.admin_lbs[0].name:
+                runs.append("kubespray runner")
+            return f"admin-lb ({', '.join(runs)})" if runs else "admin-lb (admin tools only)"
+        if node.role == "control_plane":
+            return "control plane + etcd" if s.etcd_topology != "external" else "control plane"
+        if node.role == "worker":
+            return "worker + nginx API proxy" if self.workers_use_local_proxy else "worker"
+        return "external etcd"
 
     @classmethod
     def of(cls, s: Scenario) -> "Topology":
