@@ -357,3 +357,29 @@ def test_a_refused_drill_in_a_plan_exits_2():
     assert bad.exit_code == 2 and "refused:" in bad.output
     typo = halab("drill", "plan", "case2", "kil", ok=False)
     assert typo.exit_code == 2, typo.output
+
+
+def test_drill_plan_fits_a_terminal_and_explains_each_cause_once(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    out = halab("drill", "plan", "case2").output
+    assert max(len(line) for line in out.splitlines()) <= 100
+    table = _table(out, "FAULT")
+    assert [r[0] for r in table][:2] == ["kill etcd-leader", "kill etcd-follower"]
+    one = halab("drill", "plan", "case2", "kill", "etcd-leader").output
+    causes = re.findall(r"^  \[(\d+)\] ", one, re.M)
+    assert causes == [str(i) for i in range(1, len(causes) + 1)]
+    refs = re.findall(r"^  (?:external|direct:\S+|worker:\S+|write)\s+\S+(?: <\d+s)?\s+((?:\[\d+\] ?)+)$",
+                      one, re.M)
+    assert len(refs) == 7, one            # every path names its causes by number ...
+    assert one.count("elect a new one") == 1   # ... and the election is explained once
+
+
+def test_drill_plan_wording_follows_the_provider_and_deployer():
+    vm = halab("drill", "plan", "case2", "freeze", "k8s-node1").output
+    assert "kernel still accepts" not in vm and "paused in the hypervisor" in vm
+    local = halab("drill", "plan", "case2", "freeze", "k8s-node1", "--provider", "local").output
+    assert "kernel still accepts" in local
+    kubespray = halab("drill", "plan", "case2", "kill", "k8s-node1").output
+    assert "kube-apiserver 1.20" not in kubespray
+    static = halab("drill", "plan", "case2", "kill", "k8s-node1", "--provider", "local").output
+    assert "kube-apiserver 1.20" in static

@@ -118,12 +118,12 @@ def report_verb(lab: Lab, drill_id: str | None, html: bool) -> int:
     return exit_code(j)
 
 
-def plan_verb(fault, targets, scenario_ref, labs_dir, lab_name) -> int:
+def plan_verb(fault, targets, scenario_ref, labs_dir, lab_name, provider=None) -> int:
     """`halab drill plan`: for a scenario (no lab needed), or for a lab with what runs now."""
     from lab.model import scenario as scenariolib
     from lab.model.topology import Topology
     if scenario_ref:
-        topo = Topology.of(scenariolib.load(scenario_ref))
+        topo = Topology.of(scenariolib.load(scenario_ref, provider=provider))
         return planlib.print_plan(f"scenario {topo.name}", topo, fault, targets, None, echo)
     lab = find_lab(lab_name, labs_root(labs_dir))
     s, topo, prov = open_lab(lab)

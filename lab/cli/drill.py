@@ -6,7 +6,7 @@ import sys
 import click
 
 from lab.app import drills as app
-from lab.cli.output import Verbs, lab_options
+from lab.cli.output import PROVIDERS, Verbs, lab_options
 from lab.drill import faults as faultlib
 from lab.errors import HalabError
 
@@ -78,11 +78,13 @@ def register(main: click.Group) -> None:
     @drill.command("plan")
     @click.argument("args", nargs=-1, metavar="[SCENARIO] [FAULT [TARGET...]]")
     @click.option("--scenario", "scenario_opt", default=None, hidden=True)
+    @click.option("--provider", type=PROVIDERS, default=None,
+                  help="Plan a scenario as if it used this provider (wording and timings).")
     @click.option("--labs-dir", default=None, metavar="DIR", envvar="HALAB_LABS_DIR",
                   help="Folder holding labs (default ./.halab).")
     @click.option("--lab", "lab_name", default=None, metavar="NAME",
                   help="Plan for this lab (default: the only one here).")
-    def plan_cmd(args, scenario_opt, labs_dir, lab_name):
+    def plan_cmd(args, scenario_opt, provider, labs_dir, lab_name):
         """What every access path should do under a fault, and why (before a drill).
 
         \b
@@ -98,7 +100,7 @@ def register(main: click.Group) -> None:
         if fault is not None and fault not in faultlib.FAULTS:
             raise HalabError(f"{fault!r} is not a fault", code=2,
                              hint=f"choose one of {', '.join(faultlib.FAULTS)}")
-        sys.exit(app.plan_verb(fault, args, scenario_ref, labs_dir, lab_name))
+        sys.exit(app.plan_verb(fault, args, scenario_ref, labs_dir, lab_name, provider))
 
     @drill.command("restore")
     @click.argument("nodes", nargs=-1, metavar="[NODE...]")

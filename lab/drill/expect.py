@@ -17,7 +17,7 @@ allowed, not required"); `up` and `down` must be met exactly.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from lab.render import detect_seconds
 from lab.model.scenario import duration_seconds
@@ -84,6 +84,7 @@ class Expectation:
     within: float | None = None  # blip: the last failure starts within this after injection
     after_restore: str = ""      # what may happen while it recovers
     accept: tuple = ()           # other measurements that still agree (explained in reason)
+    causes: tuple = ()           # the reasons one by one (a plan explains each cause once)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -127,11 +128,13 @@ class _Effect:
     within: float | None = None
     after_restore: str = ""
     accept: tuple = ()
+    causes: tuple = ()
 
 
 def _worst(effects: list[_Effect]) -> _Effect:
     if not effects:
-        return _Effect("up", "nothing this path depends on is touched")
+        return _Effect("up", "nothing this path depends on is touched",
+                       causes=("nothing this path depends on is touched",))
     top = max(SEVERITY[e.expect] for e in effects)
     chosen = [e for e in effects if SEVERITY[e.expect] == top]
     within = max((e.within for e in chosen if e.within is not None), default=None)
@@ -142,7 +145,7 @@ def _worst(effects: list[_Effect]) -> _Effect:
     after = "; ".join(dict.fromkeys(e.after_restore for e in effects if e.after_restore))
     accept = tuple(dict.fromkeys(a for e in chosen for a in e.accept))
     return _Effect(chosen[0].expect, "; ".join(reasons), within if top == 1 else None, after,
-                   accept)
+                   accept, tuple(reasons))
 
 
 def _hows(fault: str, node: str) -> str:
@@ -156,9 +159,35 @@ def _hows(fault: str, node: str) -> str:
             "stop-etcd": f"etcd on {node} is stopped"}[fault]
 
 
+def _apiserver_words(topo: Topology) -> str:
+    """halab's own control plane is 1.20; kubespray deploys its release's version."""
+    return "kube-apiserver (as of 1.20)" if topo.scenario.uses_kubespray else "kube-apiserver 1.20"
+
+
+PAUSED = "is paused in the hypervisor (its kernel too: no ACK, no RST)"
+
+
 def expectations(topo: Topology, fault: str, targets: list[str],
                  ctx: Context | None = None) -> dict[str, Expectation]:
-    """{path key: Expectation} for every access path, plus `write` (a ConfigMap)."""
+    """{path key: Expectation} for every access path, plus `write` (a ConfigMap).
+
+    A frozen VM is paused in the hypervisor: unlike SIGSTOPped processes, whose kernel
+    still accepts connections, nothing answers at all, so to every client it looks like
+    a power-off that ends without a boot."""
+    if fault == "freeze" and topo.scenario.provider != "local":
+        return {k: _as_paused(e) for k, e in _expectations(topo, "kill", targets, ctx).items()}
+    return _expectations(topo, fault, targets, ctx)
+
+
+def _as_paused(e: Expectation) -> Expectation:
+    def words(text: str) -> str:
+        return text.replace("is powered off", PAUSED).replace("powered off", "paused")
+    return replace(e, reason=words(e.reason), after_restore=words(e.after_restore),
+                   causes=tuple(words(c) for c in e.causes))
+
+
+def _expectations(topo: Topology, fault: str, targets: list[str],
+                  ctx: Context | None = None) -> dict[str, Expectation]:
     ctx = ctx or Context()
     tm = timing(topo.scenario)
     faults = {t: fault for t in targets}
@@ -189,7 +218,8 @@ def expectations(topo: Topology, fault: str, targets: list[str],
             else:
                 effects += _via_haproxy(topo, fault, targets, ctx, tm)
         e = _worst(effects)
-        out[p.key] = Expectation(p.key, e.expect, e.reason, e.within, e.after_restore, e.accept)
+        out[p.key] = Expectation(p.key, e.expect, e.reason, e.within, e.after_restore, e.accept,
+                                 e.causes)
     # the write probe goes straight to a control plane the fault does not touch
     obs = ctx.observer or next((c.name for c in topo.control_planes if c.name not in targets),
                                topo.control_planes[0].name)
@@ -206,7 +236,7 @@ def expectations(topo: Topology, fault: str, targets: list[str],
                                accept=("down",)))
     elif fault in ("kill", "partition") and members_hit and not no_quorum:
         effects.append(_Effect(
-            "degraded", "kube-apiserver 1.20 keeps one etcd client per resource type: the "
+            "degraded", f"{_apiserver_words(topo)} keeps one etcd client per resource type: the "
                         "ConfigMap client may hold an idle connection to the lost member and "
                         "find out only when it uses it, or after gRPC keepalive (30 s idle + "
                         f"{ETCD_CLIENT_DEAD:g} s), so writes may keep failing longer than reads",
@@ -214,7 +244,7 @@ def expectations(topo: Topology, fault: str, targets: list[str],
     e = _worst(effects)
     out["write"] = Expectation("write", e.expect,
                                f"create+delete a ConfigMap directly on {obs}: " + e.reason,
-                               e.within, e.after_restore, e.accept)
+                               e.within, e.after_restore, e.accept, e.causes)
     return out
 
 

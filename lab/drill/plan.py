@@ -1,6 +1,7 @@
 """`halab drill plan`: the expectations, printed before a drill so a class can predict first."""
 from __future__ import annotations
 
+import shutil
 import textwrap
 from dataclasses import replace
 
@@ -32,12 +33,22 @@ def plan_cases(topo: Topology, fault: str | None, targets: list[str]) -> list[tu
     return cases
 
 
+def _width() -> int:
+    return max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
+
+
+def _wrap(text: str, width: int, first: str, rest: str) -> str:
+    return textwrap.fill(text, width, initial_indent=first, subsequent_indent=rest)
+
+
 def render_plan(topo: Topology, fault: str, targets: list[str], ctx: expect.Context,
-                width: int = 100) -> str:
+                width: int | None = None) -> str:
+    """One fault: what it does, each cause once (numbered), then every path's category
+    and which causes make it, then what happens after the restore."""
+    width = width or _width()
     summary, restore = faultlib.described(fault, topo.scenario.provider)
     head = f"halab drill {fault} {' '.join(targets)}".rstrip()
-    lines = [head, "-" * len(head), textwrap.fill(f"{summary}; restore: {restore}.",
-                                                  width, subsequent_indent="  ")]
+    lines = [head, "-" * len(head), _wrap(f"{summary}; restore: {restore}.", width, "", "  ")]
     if any(t in faultlib.ETCD_ROLES for t in targets) and ctx.etcd_leader is None:
         # no lab to ask: plan it as if the first member led (the roles are what matter)
         ctx = replace(ctx, etcd_leader=topo.etcd_members[0].name)
@@ -55,23 +66,40 @@ def render_plan(topo: Topology, fault: str, targets: list[str], ctx: expect.Cont
                                             for t, r in roles.items()))
     why = faultlib.refusals(topo, fault, targets, {})
     if why:
-        lines.append(textwrap.fill("refused unless --allow-quorum-loss: " + "; ".join(why),
-                                   width, subsequent_indent="  "))
-    for key, e in expect.plan_table(topo, fault, targets, ctx):
-        bound = f" (errors stop within {e.within:g} s)" if e.within else ""
-        lines.append(f"  {key:<18} {e.expect.upper()}{bound}")
-        lines.append(textwrap.fill(e.reason, width, initial_indent=" " * 21,
-                                   subsequent_indent=" " * 21))
+        lines.append(_wrap("refused unless --allow-quorum-loss: " + "; ".join(why), width,
+                           "", "  "))
+    table = expect.plan_table(topo, fault, targets, ctx)
+    causes: list[str] = []
+    for _, e in table:
+        for c in e.causes or (e.reason,):
+            if c not in causes:
+                causes.append(c)
+    lines.append("Causes:")
+    for n, c in enumerate(causes, 1):
+        lines.append(_wrap(c, width, f"  [{n}] ", " " * 6))
+    lines.append("Paths:")
+    key_w = max(len(k) for k, _ in table)
+    for key, e in table:
+        word = e.expect.upper() + (f" <{e.within:g}s" if e.within else "")
+        refs = " ".join(f"[{causes.index(c) + 1}]" for c in (e.causes or (e.reason,)))
+        lines.append(f"  {key:<{key_w}}  {word:<12} {refs}")
+    after: dict[str, list[str]] = {}
+    for key, e in table:
         if e.after_restore:
-            lines.append(textwrap.fill("after restore: " + e.after_restore, width,
-                                       initial_indent=" " * 21, subsequent_indent=" " * 21))
+            after.setdefault(e.after_restore, []).append(key)
+    if after:
+        lines.append("After the restore:")
+        for text, keys in after.items():
+            lines.append(_wrap(f"{', '.join(keys)}: {text}", width, "  - ", "    "))
     return "\n".join(lines)
 
 
 def matrix(topo: Topology, cases: list[tuple[str, list]], ctx: expect.Context) -> str:
-    """Paths x faults, one word per cell: the prediction sheet of a class."""
+    """Faults x paths, one word per cell: the prediction sheet of a class (one row per
+    fault, so it fits a terminal)."""
     from lab.table import table
-    cols, cells = [], {}
+    keys = [p.key for p in topo.access_paths()] + ["write"]
+    rows = []
     for f, t in cases:
         words = " ".join(t)
         c = ctx
@@ -81,13 +109,25 @@ def matrix(topo: Topology, cases: list[tuple[str, list]], ctx: expect.Context) -
             t = faultlib.resolve_targets(topo, f, t, c.vip_holder, etcd_leader=c.etcd_leader)
         except HalabError:
             continue
-        name = f"{f} {words}"
-        cols.append(name)
-        for key, e in expect.expectations(topo, f, t, c).items():
-            cells[(key, name)] = e.expect.upper() + (f"<{e.within:g}s" if e.within else "")
-    keys = [p.key for p in topo.access_paths()] + ["write"]
-    rows = [[k] + [cells.get((k, c), "") for c in cols] for k in keys]
-    return table(["PATH"] + [c.replace("stop-apiserver", "stop-api") for c in cols], rows)
+        exps = expect.expectations(topo, f, t, c)
+        cells = [exps[k].expect.upper() + (f"<{exps[k].within:g}s" if exps[k].within else "")
+                 if k in exps else "" for k in keys]
+        rows.append([f"{f.replace('stop-apiserver', 'stop-api')} {words}"] + cells)
+    headers = ["FAULT"] + [_short_key(topo, k) for k in keys]
+    legend = ("direct: kubectl straight to that control plane; worker: that worker's own path "
+              "(its kubelet and kube-proxy); write: a ConfigMap created and deleted")
+    return table(headers, rows) + "\n" + _wrap(legend, _width(), "", "")
+
+
+def _short_key(topo: Topology, key: str) -> str:
+    """`direct:k8s-node1` -> `direct1`: the node's number when names follow the prefix."""
+    if ":" not in key:
+        return key
+    kind, node = key.split(":", 1)
+    prefix = topo.scenario.node_prefix
+    if node.startswith(prefix) and node[len(prefix):].isdigit():
+        return f"{kind}{node[len(prefix):]}"
+    return f"{kind}:{node}"
 
 
 def print_plan(source: str, topo: Topology, fault, targets, ctx, echo) -> int:
@@ -101,13 +141,13 @@ def print_plan(source: str, topo: Topology, fault, targets, ctx, echo) -> int:
         known.append(f"VIP on {ctx.vip_holder}")
     echo(f"Expectations for {source} (Case {topo.case})"
          + (f"; now: {', '.join(known)}" if known else "") + ".")
-    echo("Categories: UP no failed probe | BLIP failures that stop by themselves within the "
-         "bound | DEGRADED failures now and then for the whole fault | DOWN fails until "
-         "restored.\n")
+    echo(_wrap("Categories: UP no failed probe | BLIP failures that stop by themselves within "
+               "the bound | DEGRADED failures now and then for the whole fault | DOWN fails "
+               "until restored.", _width(), "", "  ") + "\n")
     cases = plan_cases(topo, fault, targets)
     if len(cases) > 1:
         echo(matrix(topo, cases, ctx))
-        echo("\nWhy, path by path:\n")
+        echo("\nWhy, fault by fault:\n")
     for f, t in cases:
         echo(render_plan(topo, f, t, ctx))
         echo("")
