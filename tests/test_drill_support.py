@@ -95,8 +95,10 @@ class DrillLab:
     def journal(self, drill_id: str) -> dict:
         return json.loads((self.path / "drills" / f"{drill_id}.json").read_text())
 
-    def state(self) -> dict:
-        return json.loads((self.path / "state.json").read_text())
+    def record(self):
+        """The lab's record, as halab reads it."""
+        from lab.state import Lab
+        return Lab(self.path).record()
 
     def verify(self) -> subprocess.CompletedProcess:
         return self.halab("verify", check=False, timeout=120)
