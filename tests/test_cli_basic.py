@@ -383,3 +383,27 @@ def test_drill_plan_wording_follows_the_provider_and_deployer():
     assert "kube-apiserver 1.20" not in kubespray
     static = halab("drill", "plan", "case2", "kill", "k8s-node1", "--provider", "local").output
     assert "kube-apiserver 1.20" in static
+
+
+def _all_commands(group=None, prefix=()):
+    import click
+    group = group or main
+    for name, cmd in sorted(group.commands.items()):
+        yield (*prefix, name), cmd
+        if isinstance(cmd, click.Group):
+            yield from _all_commands(cmd, (*prefix, name))
+
+
+def test_every_option_has_help_and_a_metavar_saying_what_it_takes():
+    import click
+    problems = []
+    for path, cmd in _all_commands():
+        for p in cmd.params:
+            if not isinstance(p, click.Option):
+                continue
+            if not p.help:
+                problems.append(f"{' '.join(path)} {p.opts[0]}: no help")
+            elif not p.is_flag and not isinstance(p.type, click.Choice) and \
+                    not (p.metavar and p.metavar.isupper()):
+                problems.append(f"{' '.join(path)} {p.opts[0]}: metavar {p.metavar!r}")
+    assert not problems, "\n".join(problems)

@@ -135,3 +135,34 @@ def test_both_providers_and_the_tests_fake_keep_the_written_contract(tmp_path):
     assert local.capabilities.supervised and not vms.capabilities.supervised
     assert vms.capabilities.ssh and vms.capabilities.provisioning
     assert vms.drill_waits["recovery_timeout"] >= 600 and local.drill_waits == {}
+
+
+def test_drill_run_on_a_vm_lab_uses_the_vm_waits(tmp_path, monkeypatch):
+    """`halab drill run` leaves unset settings to the provider (a VM boots in minutes),
+    and what the user gives wins."""
+    from lab.app import drills
+    from lab.drill import engine, runbook
+    from lab.model.topology import Topology
+    from lab.providers.vagrant.provider import VagrantProvider
+    path = tmp_path / "vms.yaml"
+    path.write_text("extends: case2\nname: vms\nprovider: libvirt\n"
+                    "provider_options: {libvirt: {driver: qemu}}\n"
+                    "drills: [{fault: kill, target: k8s-node1}]\n")
+    s = scenario.load(str(path))
+    topo = Topology.of(s)
+    lab = Lab(tmp_path / ".halab" / "vms")
+    prov = VagrantProvider(lab, topo)
+    seen = []
+
+    def fake_run(self):
+        seen.append(self.s)
+        raise HalabError("stop here", code=3)
+    monkeypatch.setattr(engine.Drill, "run", fake_run)
+    runbook.run(lab, s, topo, prov, drills.settings_of(None, None, None, None, 2.0), 0, True,
+                lambda *a, **k: None)
+    runbook.run(lab, s, topo, prov, drills.settings_of(None, 0.5, None, 90, 2.0), 0, True,
+                lambda *a, **k: None)
+    fitted, given = seen
+    assert fitted.recovery_timeout == 600 and fitted.probe_timeout == 15
+    assert fitted.probe_interval == 1.0 and fitted.state_poll_interval == 1.0
+    assert given.recovery_timeout == 90 and given.probe_interval == 0.5

@@ -12,23 +12,25 @@ from lab.errors import HalabError
 
 def drill_options(fn):
     for opt in reversed([
-        click.option("--duration", type=click.FloatRange(1, 3600), default=None,
+        click.option("--duration", type=click.FloatRange(1, 3600), metavar="SECONDS", default=None,
                      help="Seconds the fault stays injected (default: long enough for the "
                           "slowest expected failover, at least 15)."),
         click.option("--probe-path", default="/api/v1/namespaces/default", show_default=True,
+                     metavar="PATH",
                      help="What read probes GET (e.g. /readyz)."),
-        click.option("--probe-interval", type=click.FloatRange(0.05, 5), default=None,
+        click.option("--probe-interval", type=click.FloatRange(0.05, 5), metavar="SECONDS", default=None,
                      help="Seconds between probes of one access path (default: 0.2 on the "
                           "local provider, 1 on emulated VMs: every probe is a TLS handshake, costly "
                           "for an emulated VM)."),
-        click.option("--probe-timeout", type=click.FloatRange(0.1, 30), default=None,
+        click.option("--probe-timeout", type=click.FloatRange(0.1, 30), metavar="SECONDS", default=None,
                      help="A probe slower than this counts as failed (default: 1 s on the "
                           "local provider and on VMs with hardware virtualization, 15 s on "
                           "emulated VMs, whose TLS handshakes alone take a second when busy)."),
-        click.option("--recovery-timeout", type=click.FloatRange(5, 1800), default=None,
+        click.option("--recovery-timeout", type=click.FloatRange(5, 1800), metavar="SECONDS", default=None,
                      help="Max seconds to wait for every path after restore (default: 60 on "
                           "the local provider, 600 on VMs, where a killed node boots again)."),
-        click.option("--warmup", type=click.FloatRange(0.5, 60), default=2.0, show_default=True,
+        click.option("--warmup", type=click.FloatRange(0.5, 60), metavar="SECONDS", default=2.0,
+                     show_default=True,
                      help="Seconds of probing before the fault."),
         click.option("--allow-quorum-loss", is_flag=True,
                      help="Allow a fault that loses etcd quorum or the last API server."),
@@ -77,7 +79,8 @@ def register(main: click.Group) -> None:
 
     @drill.command("plan")
     @click.argument("args", nargs=-1, metavar="[SCENARIO] [FAULT [TARGET...]]")
-    @click.option("--scenario", "scenario_opt", default=None, hidden=True)
+    @click.option("--scenario", "scenario_opt", default=None, hidden=True, metavar="SCENARIO",
+                  help="The scenario (older spelling of the positional SCENARIO).")
     @click.option("--provider", type=PROVIDERS, default=None,
                   help="Plan a scenario as if it used this provider (wording and timings).")
     @click.option("--labs-dir", default=None, metavar="DIR", envvar="HALAB_LABS_DIR",
@@ -128,20 +131,21 @@ def register(main: click.Group) -> None:
         click.echo(report.listing(lab))
 
     @drill.command("run")
-    @click.option("--duration", type=click.FloatRange(1, 3600), default=None,
+    @click.option("--duration", type=click.FloatRange(1, 3600), metavar="SECONDS", default=None,
                   help="Seconds each fault stays injected (default: auto per step).")
     # None: the provider's fitted values (a VM boots in minutes; emulated VMs probe slower)
-    @click.option("--probe-interval", type=click.FloatRange(0.05, 5), default=None,
+    @click.option("--probe-interval", type=click.FloatRange(0.05, 5), metavar="SECONDS", default=None,
                   help="Seconds between probes of one path (default: the provider's).")
-    @click.option("--probe-timeout", type=click.FloatRange(0.1, 30), default=None,
+    @click.option("--probe-timeout", type=click.FloatRange(0.1, 30), metavar="SECONDS", default=None,
                   help="A probe slower than this failed (default: the provider's).")
-    @click.option("--recovery-timeout", type=click.FloatRange(5, 1800), default=None,
+    @click.option("--recovery-timeout", type=click.FloatRange(5, 1800), metavar="SECONDS", default=None,
                   help="Max seconds each step waits after its restore (default: the "
                        "provider's: 60 locally, 600 on VMs).")
-    @click.option("--warmup", type=click.FloatRange(0.5, 60), default=2.0, show_default=True)
-    @click.option("--pause", type=click.FloatRange(0, 3600), default=0.0,
+    @click.option("--warmup", type=click.FloatRange(0.5, 60), metavar="SECONDS", default=2.0,
+                  show_default=True, help="Seconds of probing before each fault.")
+    @click.option("--pause", type=click.FloatRange(0, 3600), metavar="SECONDS", default=0.0,
                   help="Seconds between steps (time to discuss in a workshop).")
-    @click.option("--quiet", "-q", is_flag=True)
+    @click.option("--quiet", "-q", is_flag=True, help="No live probe lines.")
     @lab_options
     def run_cmd(lab, duration, probe_interval, probe_timeout, recovery_timeout, warmup, pause,
                 quiet):

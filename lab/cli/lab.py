@@ -17,9 +17,10 @@ def register(main: click.Group) -> None:
                   help="Override the scenario's provider (local = network namespaces).")
     @click.option("--no-deploy", is_flag=True, help="Only bring the machines up.")
     @click.option("--skip-doctor", is_flag=True, help="Do not run `halab doctor` first.")
-    @click.option("--k8s-bin-dir", default=None, envvar="HALAB_K8S_BIN_DIR",
+    @click.option("--k8s-bin-dir", default=None, envvar="HALAB_K8S_BIN_DIR", metavar="DIR",
                   help="Folder with kube-apiserver, kube-controller-manager, kube-scheduler.")
-    @click.option("--labs-dir", default=None, envvar="HALAB_LABS_DIR")
+    @click.option("--labs-dir", default=None, envvar="HALAB_LABS_DIR", metavar="DIR",
+                  help="Folder holding labs (default ./.halab).")
     def up_cmd(scenario_ref, provider, no_deploy, skip_doctor, k8s_bin_dir, labs_dir):
         """Create (or continue) a lab: render, machines up, deploy, summary."""
         app.up(scenario_ref, provider, not no_deploy, labs_dir, k8s_bin_dir,

@@ -40,7 +40,8 @@ def register(main: click.Group) -> None:
 
     @main.command("show")
     @click.argument("scenario_ref", metavar="SCENARIO")
-    @click.option("--provider", type=PROVIDERS, default=None)
+    @click.option("--provider", type=PROVIDERS, default=None,
+                  help="As if the scenario used this provider.")
     def show_cmd(scenario_ref, provider):
         """Nodes, roles, addresses, sizes and the access path of each kind of client."""
         from lab.model.topology import Topology
@@ -71,9 +72,10 @@ def register(main: click.Group) -> None:
 
     @main.command("render")
     @click.argument("scenario_ref", metavar="SCENARIO")
-    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
                   help="Folder to write the rendered lab into (created; must be new or empty).")
-    @click.option("--provider", type=PROVIDERS, default=None)
+    @click.option("--provider", type=PROVIDERS, default=None,
+                  help="As if the scenario used this provider.")
     @click.option("--force", is_flag=True, help="Replace DIR if it already has files.")
     def render_cmd(scenario_ref, out_dir, provider, force):
         """Write the whole rendered lab (Vagrantfile, scripts, configs, inventory) into DIR."""
