@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_drill_support import explain, healthy_after, lab_fixture, marks, path, workers
+from tests.support.drill_labs import explain, healthy_after, lab_fixture, marks, path, workers
 
 pytestmark = marks()
 

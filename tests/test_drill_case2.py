@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.test_drill_support import (HALAB, explain, healthy_after, lab_fixture, marks, path,
+from tests.support.drill_labs import (HALAB, explain, healthy_after, lab_fixture, marks, path,
                                       wait_for, workers)
 
 pytestmark = marks()

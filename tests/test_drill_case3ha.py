@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.test_drill_support import explain, healthy_after, lab_fixture, marks, path, workers
+from tests.support.drill_labs import explain, healthy_after, lab_fixture, marks, path, workers
 
 pytestmark = marks()
 

@@ -16,7 +16,7 @@ import os
 import pytest
 
 from lab.drill.faults import FAULTS
-from tests.test_drill_support import explain, healthy_after, lab_fixture, marks
+from tests.support.drill_labs import explain, healthy_after, lab_fixture, marks
 
 pytestmark = marks() + ([] if os.environ.get("HALAB_DRILL_MATRIX") == "1" else
                         [pytest.mark.skip(reason="opt-in: HALAB_DRILL_MATRIX=1 (~25 min)")])

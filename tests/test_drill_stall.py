@@ -14,7 +14,7 @@ import time
 import pytest
 
 from lab.providers.local import netns
-from tests.test_drill_support import HALAB, explain, healthy_after, lab_fixture, marks, path
+from tests.support.drill_labs import HALAB, explain, healthy_after, lab_fixture, marks, path
 
 pytestmark = marks()
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_drill_support import ARTIFACTS
+from tests.support.drill_labs import ARTIFACTS
 
 pytestmark = pytest.mark.vm
 
