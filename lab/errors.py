@@ -29,8 +29,26 @@ class Problem:
     severity: str = "error"  # "error" or "warning"
 
     def line(self) -> str:
-        value = "" if self.value is _MISSING else f" = {self.value!r}"
-        return f"{self.file}: {self.field}{value}: {self.message}; fix: {self.fix}"
+        value = "" if self.value is _MISSING else f" = {shown(self.value)}"
+        return f"{self.file}: {shown_text(self.field)}{value}: {self.message}; fix: {self.fix}"
+
+
+MAX_SHOWN = 60   # characters of a bad value an error message repeats
+
+
+def shown(value) -> str:
+    """A value as an error repeats it: its repr, cut to a readable length (an unknown
+    key once echoed 58 MB of its value)."""
+    text = repr(value)
+    if len(text) <= MAX_SHOWN:
+        return text
+    return f"{text[:MAX_SHOWN - 4]}...{text[-1]} ({len(text)} characters)"
+
+
+def shown_text(text: str) -> str:
+    """A field name from the file (it may be anything a YAML key can be), made printable."""
+    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
 
 
 class _Missing:

@@ -70,14 +70,31 @@ class NginxRuntime:
 
 
 def _rb(value) -> str:
-    """A Ruby literal for strings, numbers, booleans and nil."""
+    """A Ruby literal for strings, numbers, booleans and nil.
+
+    Strings become single-quoted literals, where Ruby interpolates nothing (`#{...}`,
+    `%x(...)` and backslash sequences stay text); only `\\` and `'` need escaping.
+    Vagrant evaluates the Vagrantfile on every `vagrant` call, so a double-quoted
+    string built from a scenario value would run whatever `#{}` it carried.
+    """
     if value is None:
         return "nil"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
         return str(value)
-    return json.dumps(str(value))  # a JSON string is a valid double-quoted Ruby string
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"not a finite number: {value!r}")
+        return repr(value)
+    text = str(value)
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _comment(value) -> str:
+    """Text for a one-line comment in any rendered file: no line breaks or other control
+    characters (a newline would end the comment and start code)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))
 
 
 def _env() -> jinja2.Environment:
@@ -85,6 +102,7 @@ def _env() -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters["rb"] = _rb
+    env.filters["comment"] = _comment
     return env
 
 

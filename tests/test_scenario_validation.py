@@ -153,7 +153,7 @@ RULES = [
     pytest.param("node_prefix: Node_", "node_prefix", "Node_", "must be 1-13 lowercase",
                  "node_prefix: k8s-node", id="bad-node-prefix"),
     pytest.param("network: {lb_name: api_lb.lab}", "network.lb_name", "api_lb.lab",
-                 "is not a valid DNS name", "lb_name: k8s-api.lab", id="bad-lb-name"),
+                 "is not a DNS name", "lb_name: k8s-api.lab", id="bad-lb-name"),
     # etcd quorum
     pytest.param("control_plane: {count: 2}", "control_plane.count", 2,
                  "etcd needs an odd number of members", "use 1 or 3", id="even-etcd-stacked"),
@@ -228,10 +228,14 @@ RULES = [
                  "needs at least 768 MiB", "use 1024", id="admin-lb-ram"),
     # haproxy
     pytest.param("haproxy: {stats_port: 6443}", "haproxy.stats_port", 6443,
-                 "collides with another HAProxy port", "choose a free port",
+                 "is taken on admin-lb by the Kubernetes API", "choose a free port",
                  id="stats-port-is-api-port"),
+    pytest.param("haproxy: {stats_port: 22}", "haproxy.stats_port", 22,
+                 "is taken on admin-lb by SSH", "choose a free port", id="stats-port-is-ssh"),
+    pytest.param("haproxy: {prometheus_port: 2049}", "haproxy.prometheus_port", 2049,
+                 "is taken on admin-lb by NFS", "choose a free port", id="prometheus-port-is-nfs"),
     pytest.param("haproxy: {prometheus_port: 9000}", "haproxy.prometheus_port", 9000,
-                 "collides with another HAProxy port", "choose a free port",
+                 "is also the other HAProxy port", "choose two different ports",
                  id="prometheus-port-is-stats-port"),
     pytest.param("haproxy: {stats_port: 70000}", "haproxy.stats_port", 70000,
                  "must be between 1 and 65535", "use a number from 1 to 65535",
@@ -241,9 +245,9 @@ RULES = [
     pytest.param("haproxy:\n  timeouts: {client: 10 minutes}", "haproxy.timeouts.client",
                  "10 minutes", "is not a duration", "500ms, 2s, 1m or 1h", id="bad-timeout"),
     pytest.param("haproxy:\n  healthcheck: {path: readyz}", "haproxy.healthcheck.path", "readyz",
-                 "must be a URL path", "use /readyz", id="healthcheck-path-not-a-path"),
+                 "must be an HTTP path", "use /readyz", id="healthcheck-path-not-a-path"),
     pytest.param("haproxy: {stats_path: stats}", "haproxy.stats_path", "stats",
-                 "must be a URL path", "/haproxy_stats", id="stats-path"),
+                 "must be an HTTP path", "/haproxy_stats", id="stats-path"),
     pytest.param("keepalived: {virtual_router_id: 256}", "keepalived.virtual_router_id", 256,
                  "must be between 1 and 255", "from 1 to 255", id="vrrp-router-id"),
     # time zone and kubespray
@@ -270,7 +274,8 @@ RULES = [
 
 @pytest.mark.parametrize("override, field, value, message, fix", RULES)
 def test_rule(tmp_path, override, field, value, message, fix):
-    path = write(tmp_path, "extends: case2\nname: bad\n" + override + "\n")
+    name = "" if override.startswith("name:") else "name: bad\n"   # no duplicate key
+    path = write(tmp_path, "extends: case2\n" + name + override + "\n")
     assert_rejected(tmp_path, path, field, value, message, fix)
 
 

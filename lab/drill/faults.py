@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from lab.errors import HalabError
+from lab.model import grammar
 from lab.model.topology import Topology
 
 
@@ -89,7 +90,7 @@ def fault(name: str) -> Fault:
 # targets named by their etcd role instead of their name: which node holds the raft
 # leadership decides what a kill does (a leader's death stops every commit and quorum
 # read until the others elect a new one), and it moves from drill to drill
-ETCD_ROLES = ("etcd-leader", "etcd-follower")
+ETCD_ROLES = grammar.ETCD_ROLES     # a target by its etcd role when the drill starts
 
 
 def by_etcd_role(topo: Topology, word: str, leader: str | None) -> str:

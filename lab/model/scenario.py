@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from lab.errors import MISSING, HalabError, Problem, ScenarioError
+from lab.model import grammar
 from lab.resources import resource_dir
 
 CASES = (1, 2, 3)
@@ -109,9 +110,9 @@ SCHEMA: dict[str, Any] = {
     "drills": [],
 }
 
-_DURATION = re.compile(r"^\d+(ms|s|m|h)?$")
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
-_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
+
+
+_VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
 _CASE_VARS = ("loadbalancer_apiserver", "loadbalancer_apiserver_localhost",
               "apiserver_loadbalancer_domain_name", "loadbalancer_apiserver_type")
 
@@ -251,13 +252,72 @@ def resolve(ref: str, relative_to: Path | None = None) -> Path:
         f"bundled: {', '.join(bundled)} (see `halab scenarios`)", code=2)
 
 
+MAX_FILE_BYTES = 256 * 1024   # a scenario is a page of YAML; this is generous
+MAX_ALIASES = 64               # `*ref` uses; an alias bomb needs thousands
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML with duplicate keys refused (the last one would win silently) and a bound
+    on aliases (nested aliases multiply: a small file can expand to billions of nodes)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise _YamlRefused(f"line {mark.line + 1}: more than {MAX_ALIASES} aliases "
+                                   "(`*name`)", "write the values out; a scenario needs few "
+                                   "or no aliases")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue          # reported by the base class
+            if key in seen:
+                raise _YamlRefused(f"line {key_node.start_mark.line + 1}: key {key!r} appears "
+                                   f"twice (first on line {seen[key] + 1}); YAML would keep "
+                                   "only the last one", "remove one of them")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+class _YamlRefused(Exception):
+    def __init__(self, message: str, fix: str):
+        super().__init__(message)
+        self.message, self.fix = message, fix
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise HalabError(f"{path}: cannot read scenario file: {exc.strerror}", code=2) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise HalabError(f"{path}: {len(raw)} bytes is too large for a scenario "
+                         f"(at most {MAX_FILE_BYTES}); fix: is this the right file?", code=2)
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise HalabError(f"{path}: line {line}: not UTF-8 (byte 0x{raw[exc.start]:02X}); "
+                         "fix: save the file as UTF-8 (in Notepad: Save as, Encoding UTF-8)",
+                         code=2) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _YamlRefused as exc:
+        raise HalabError(f"{path}: {exc.message}; fix: {exc.fix}", code=2) from None
+    except RecursionError:
+        raise HalabError(f"{path}: nested too deeply to be a scenario; fix: is this the "
+                         "right file?", code=2) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -477,10 +537,18 @@ def _str(chk, path, value, fix):
     return value
 
 
+def _grammar(chk, path, value, g):
+    """`value` if it is a text `g` accepts in full, else an error naming what it must be."""
+    if not g.ok(value):
+        chk.error(path, value, f"must be {g.says}", f"e.g. {g.example}")
+        return None
+    return value
+
+
 def _duration(chk, path, value):
     if isinstance(value, int) and not isinstance(value, bool):
         value = f"{value}ms"
-    if not isinstance(value, str) or not _DURATION.match(value):
+    if not grammar.DURATION.ok(value):
         chk.error(path, value, "is not a duration", "write it like 500ms, 2s, 1m or 1h")
         return None
     return value
@@ -488,7 +556,7 @@ def _duration(chk, path, value):
 
 def duration_seconds(value: str) -> float:
     """'500ms' -> 0.5, '2s' -> 2.0, '1m' -> 60.0; a bare number is milliseconds (HAProxy)."""
-    m = re.match(r"^(\d+)(ms|s|m|h)?$", value)
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)?", value)
     if not m:
         raise ValueError(value)
     n, unit = int(m.group(1)), m.group(2) or "ms"
@@ -506,24 +574,35 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     d = _check_keys(data, SCHEMA, chk)
 
     name = d["name"]
-    if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+    if name is None and "name" in data:
+        chk.error("name", None, "is empty", "give the lab a name, e.g. `name: case2-alice`")
+    elif name is not None and not grammar.LAB_NAME.ok(name):
         chk.error("name", name, "must be 1-20 characters: lowercase letters, digits, '-', "
                   "starting with a letter (it names VMs, namespaces and kubeconfig contexts)",
                   "e.g. `name: case2-alice`")
         name = None
-    case = _choice(chk, "case", d["case"], CASES) if d["case"] is not None else None
+    case = d["case"]
+    if case is None and "case" in data:
+        chk.error("case", None, "is empty", "choose `case: 1`, `2` or `3`")
+    elif case is not None and (isinstance(case, bool) or not isinstance(case, int)):
+        chk.error("case", case, "must be the number 1, 2 or 3", "write e.g. `case: 2`")
+        case = None
+    elif case is not None:
+        case = _choice(chk, "case", case, CASES)
     provider = _choice(chk, "provider", d["provider"], PROVIDERS)
     deployer = _choice(chk, "deployer", d["deployer"], DEPLOYERS)
     if provider == "local" and deployer == "kubespray":
         deployer = "static"  # the local provider has no VMs for kubespray; see README
     timezone = d["timezone"]
     try:
+        if not grammar.TIMEZONE.ok(timezone):
+            raise ValueError(timezone)
         zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
         chk.error("timezone", timezone, "is not a known time zone",
                   "use an IANA name such as UTC, Europe/Berlin or Asia/Seoul")
     prefix = d["node_prefix"]
-    if not isinstance(prefix, str) or not re.match(r"^[a-z][a-z0-9-]{0,12}$", prefix):
+    if not grammar.NODE_PREFIX.ok(prefix):
         chk.error("node_prefix", prefix, "must be 1-13 lowercase letters, digits or '-'",
                   "e.g. `node_prefix: k8s-node`")
         prefix = "k8s-node"
@@ -572,8 +651,8 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
 
     # box and OS
     box = d["box"]
-    box_name = _str(chk, "box.name", box["name"], "e.g. `name: bento/rockylinux-9`")
-    os_name = _str(chk, "box.os", box["os"], "e.g. `os: rockylinux-9` or `os: ubuntu-24.04`")
+    box_name = _grammar(chk, "box.name", box["name"], grammar.BOX_NAME)
+    os_name = _grammar(chk, "box.os", box["os"], grammar.OS_NAME)
     family = None
     if os_name:
         family = os_family(os_name)
@@ -582,6 +661,8 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
                       "use rockylinux-N, almalinux-N, ubuntu-YY.MM or debian-N")
     if box["version"] is not None and not isinstance(box["version"], str):
         chk.error("box.version", box["version"], "must be text", 'quote it: version: "202510.26.0"')
+    elif box["version"] is not None:
+        _grammar(chk, "box.version", box["version"], grammar.BOX_VERSION)
     for prov, override in box["providers"].items():
         if prov not in PROVIDERS:
             _choice(chk, f"box.providers.{prov}", prov, PROVIDERS)
@@ -590,6 +671,11 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
                       "e.g. `libvirt: {name: generic/rocky9}`")
         else:
             # per key, so that the message names the file that added it (not the parent's)
+            if "name" in override:
+                _grammar(chk, f"box.providers.{prov}.name", override["name"], grammar.BOX_NAME)
+            if override.get("version") is not None:
+                _grammar(chk, f"box.providers.{prov}.version", override["version"],
+                         grammar.BOX_VERSION)
             for key in sorted(set(override) - {"name", "version"}, key=str):
                 close = difflib.get_close_matches(str(key), ["name", "version"], n=1)
                 chk.error(f"box.providers.{prov}.{key}", override[key], "unknown key",
@@ -598,7 +684,7 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
 
     kube = d["kubespray"]
     version = kube["version"]
-    vm = _VERSION.match(version) if isinstance(version, str) else None
+    vm = _VERSION.fullmatch(version) if isinstance(version, str) else None
     if not vm:
         chk.error("kubespray.version", version, "is not a kubespray release tag",
                   "write it like v2.29.1")
@@ -614,9 +700,17 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
             chk.warn("box.os", os_name, f"kubespray {version} does not list {os_name} as "
                      f"supported{since}", "pick a listed OS box (e.g. rockylinux-9) or a "
                      "kubespray release that lists it, and test before the workshop")
+    _grammar(chk, "kubespray.repo", kube["repo"], grammar.GIT_URL)
+    for var in kube["extra_vars"]:
+        if not grammar.VAR_NAME.ok(var):
+            chk.error(f"kubespray.extra_vars.{var}", kube["extra_vars"][var],
+                      f"{var!r} is not {grammar.VAR_NAME.says}", "e.g. `kube_version: ...`")
     ks_source = kube["source"]
-    if ks_source != "git":
-        if not isinstance(ks_source, str) or not Path(ks_source).expanduser().exists():
+    if ks_source != "git" and not grammar.LOCAL_SOURCE.ok(ks_source):
+        chk.error("kubespray.source", ks_source, f"must be `git` or {grammar.LOCAL_SOURCE.says}",
+                  f"e.g. `source: {grammar.LOCAL_SOURCE.example}`")
+    elif ks_source != "git":
+        if not Path(ks_source).expanduser().exists():
             chk.error("kubespray.source", ks_source, "is neither `git` nor an existing local "
                       "kubespray folder or .tar.gz", "use `git`, or a path to a kubespray "
                       "checkout downloaded once for the classroom")
@@ -637,6 +731,21 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as exc:
         chk.error("network.subnet", net["subnet"], f"is not an IPv4 network ({exc})",
                   "write it like 192.168.10.0/24 (host bits zero)")
+    if subnet is not None:
+        kind = ("a loopback" if subnet.is_loopback else "a multicast" if subnet.is_multicast
+                else "a link-local" if subnet.is_link_local else "a reserved"
+                if subnet.is_reserved or subnet.is_unspecified else "a public"
+                if not subnet.is_private else None)
+        if kind is None and subnet.prefixlen < 16:
+            chk.error("network.subnet", str(subnet), "is larger than a lab network needs "
+                      "(VirtualBox and libvirt take the whole range)",
+                      "use a /24, e.g. 192.168.10.0/24")
+            subnet = None
+        elif kind is not None:
+            chk.error("network.subnet", str(subnet), f"is {kind} range, not one a "
+                      "host-only lab network can use", "use a private /24 such as "
+                      "192.168.10.0/24 (VirtualBox allows 192.168.56.0/21 by default)")
+            subnet = None
     def address(path, value):
         try:
             ip = ipaddress.IPv4Address(str(value))
@@ -681,18 +790,19 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     lb_name = net["lb_name"]
     if lb_name is None and isinstance(name, str):
         lb_name = f"k8s-api.{name}.lab"
-    elif lb_name is not None and (not isinstance(lb_name, str)
-                                  or not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", lb_name)):
-        chk.error("network.lb_name", lb_name, "is not a valid DNS name",
+    elif lb_name is not None and not grammar.DNS_NAME.ok(lb_name):
+        chk.error("network.lb_name", lb_name, f"is not {grammar.DNS_NAME.says}",
                   "e.g. `lb_name: k8s-api.lab`")
+        lb_name = None
 
     # haproxy
     hp = d["haproxy"]
     hc = hp["healthcheck"]
     hpath = hc["path"]
-    if not isinstance(hpath, str) or not hpath.startswith("/"):
-        chk.error("haproxy.healthcheck.path", hpath, "must be a URL path",
+    if not grammar.HTTP_PATH.ok(hpath):
+        chk.error("haproxy.healthcheck.path", hpath, f"must be {grammar.HTTP_PATH.says}",
                   "use /readyz (fails when the API server cannot reach etcd)")
+        hpath = "/readyz"
     if hpath in ("/healthz", "/livez"):
         chk.warn("haproxy.healthcheck.path", hpath, "stays OK when the API server has lost "
                  "etcd, so HAProxy keeps sending requests to a broken server", "use /readyz")
@@ -710,14 +820,18 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     for key in ("stats_port", "prometheus_port"):
         p = _int(chk, f"haproxy.{key}", hp[key], 1, 65535)
         if p is not None:
-            if p == 6443 or p in ports.values():
-                chk.error(f"haproxy.{key}", p, "collides with another HAProxy port "
-                          "(6443 is the API frontend)", "choose a free port, e.g. 9000 / 8405")
+            if p in grammar.NODE_PORTS:
+                chk.error(f"haproxy.{key}", p, f"is taken on admin-lb by "
+                          f"{grammar.NODE_PORTS[p]}", "choose a free port, e.g. 9000 / 8405")
+            elif p in ports.values():
+                chk.error(f"haproxy.{key}", p, "is also the other HAProxy port",
+                          "choose two different ports, e.g. 9000 and 8405")
             ports[key] = p
     retries = _int(chk, "haproxy.retries", hp["retries"], 0, 10) or 0
     stats_path = hp["stats_path"]
-    if not isinstance(stats_path, str) or not stats_path.startswith("/"):
-        chk.error("haproxy.stats_path", stats_path, "must be a URL path", "e.g. /haproxy_stats")
+    if not grammar.HTTP_PATH.ok(stats_path):
+        chk.error("haproxy.stats_path", stats_path, f"must be {grammar.HTTP_PATH.says}",
+                  "e.g. /haproxy_stats")
         stats_path = "/haproxy_stats"
     ka = d["keepalived"]
     vrid = _int(chk, "keepalived.virtual_router_id", ka["virtual_router_id"], 1, 255)
@@ -748,8 +862,13 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     nfs = d["nfs"]
     if not isinstance(nfs["enabled"], bool):
         chk.error("nfs.enabled", nfs["enabled"], "must be true or false", "write true or false")
-    if not isinstance(nfs["path"], str) or not nfs["path"].startswith("/"):
-        chk.error("nfs.path", nfs["path"], "must be an absolute path", "e.g. /srv/nfs/share")
+    if not grammar.ABS_PATH.ok(nfs["path"]) or ".." in nfs["path"].split("/"):
+        chk.error("nfs.path", nfs["path"], f"must be {grammar.ABS_PATH.says}",
+                  "e.g. /srv/nfs/share")
+    elif grammar.in_system_folder(nfs["path"]):
+        chk.error("nfs.path", nfs["path"], "is a system folder (or directly in one): the "
+                  "whole lab subnet could write there", "use a folder of its own, e.g. "
+                  "/srv/nfs/share")
     tools = d["admin_tools"]
     if not isinstance(tools, list):
         chk.error("admin_tools", tools, "must be a list", "e.g. `admin_tools: [helm, k9s]`")
@@ -761,8 +880,31 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     lv = popts["libvirt"]
     _choice(chk, "provider_options.libvirt.driver", lv["driver"], ("kvm", "qemu"))
     for key in ("emulator_path", "kernel", "initrd"):
-        if lv[key] is not None and not isinstance(lv[key], str):
-            chk.error(f"provider_options.libvirt.{key}", lv[key], "must be a path", "quote it")
+        if lv[key] is not None:
+            _grammar(chk, f"provider_options.libvirt.{key}", lv[key], grammar.HOST_PATH)
+    if lv["cmd_line"] is not None:
+        _grammar(chk, "provider_options.libvirt.cmd_line", lv["cmd_line"], grammar.KERNEL_CMDLINE)
+    if lv["storage_pool_name"] is not None:
+        _grammar(chk, "provider_options.libvirt.storage_pool_name", lv["storage_pool_name"],
+                 grammar.LIBVIRT_NAME)
+    if lv["management_network_address"] is not None:
+        mgmt = _grammar(chk, "provider_options.libvirt.management_network_address",
+                        lv["management_network_address"], grammar.IPV4_CIDR)
+        try:
+            if mgmt is not None:
+                ipaddress.IPv4Network(mgmt)
+        except ValueError as exc:
+            chk.error("provider_options.libvirt.management_network_address", mgmt,
+                      f"is not an IPv4 network ({exc})", "e.g. 192.168.121.0/24")
+    vb = popts["virtualbox"]
+    _grammar(chk, "provider_options.virtualbox.group", vb["group"], grammar.VBOX_GROUP)
+    for key in ("linked_clone", "nic_promiscuous"):
+        if not isinstance(vb[key], bool):
+            chk.error(f"provider_options.virtualbox.{key}", vb[key], "must be true or false",
+                      "write true or false")
+    if popts["local"]["bridge"] is not None:
+        _grammar(chk, "provider_options.local.bridge", popts["local"]["bridge"],
+                 grammar.LINUX_IFNAME)
     if not isinstance(d["drills"], list):
         chk.error("drills", d["drills"], "must be a list of drill steps",
                   "e.g. `drills: [{fault: kill, target: k8s-node1}]`")

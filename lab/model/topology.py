@@ -69,6 +69,17 @@ def _allocate(s: Scenario):
     problems: list[Problem] = []
     names = _names(s)
     known = {n for n, _, _ in names}
+    if len(known) < len(names):
+        twice = sorted({n for n, _, _ in names if [m for m, _, _ in names].count(n) > 1})
+        problems.append(Problem("", "node_prefix", s.node_prefix,
+                                f"gives nodes the names other nodes have ({', '.join(twice)})",
+                                "choose another prefix, e.g. `node_prefix: k8s-node`"))
+        return [], problems
+    if s.network.lb_name in known:
+        problems.append(Problem("", "network.lb_name", s.network.lb_name,
+                                "is the name of a node: every client would reach that node "
+                                "instead of the load balancer", "e.g. `lb_name: k8s-api.lab`"))
+    problems += _drill_problems(s, known)
     for node in s.network.addresses:
         if node not in known:
             import difflib
@@ -112,6 +123,43 @@ def _allocate(s: Scenario):
         group = getattr(s, role)
         nodes.append(Node(name, role, ip, group.cpus, group.memory, index))
     return nodes, problems
+
+
+def _drill_problems(s: Scenario, nodes: set[str]) -> list[Problem]:
+    """The runbook (`drills:`), checked with the rest of the scenario: a typo must show
+    in `halab validate`, not in front of the class in `halab drill run`."""
+    from lab.model.grammar import ETCD_ROLES, FAULT_NAMES
+    out = []
+    for i, step in enumerate(s.drills):
+        where = f"drills[{i}]"
+        if not isinstance(step, dict) or "fault" not in step:
+            out.append(Problem("", where, step, "needs `fault:` (and `target:`)",
+                               "e.g. `- {fault: kill, target: k8s-node1}`"))
+            continue
+        for key in sorted(set(step) - {"fault", "target", "targets"}, key=str):
+            out.append(Problem("", f"{where}.{key}", step[key], "unknown key",
+                               "a step has `fault` and `target` (or `targets`)"))
+        if step["fault"] not in FAULT_NAMES:
+            import difflib
+            close = difflib.get_close_matches(str(step["fault"]), FAULT_NAMES, n=1)
+            out.append(Problem("", f"{where}.fault", step["fault"], "is not a fault",
+                               (f"did you mean {close[0]!r}? " if close else "")
+                               + f"faults: {', '.join(FAULT_NAMES)}"))
+        targets = step.get("targets", step.get("target"))
+        targets = [] if targets is None else [targets] if isinstance(targets, str) else targets
+        if not isinstance(targets, list) or not all(isinstance(x, str) for x in targets):
+            out.append(Problem("", f"{where}.target", targets, "must be a node name or a list "
+                               "of them", "e.g. `target: k8s-node1`"))
+            continue
+        for x in targets:
+            if x not in nodes and x not in ETCD_ROLES:
+                import difflib
+                close = difflib.get_close_matches(x, sorted(nodes), n=1)
+                out.append(Problem("", f"{where}.target", x, "names no node of this scenario",
+                                   (f"did you mean {close[0]!r}? " if close else "")
+                                   + f"nodes: {', '.join(sorted(nodes))}, or etcd-leader / "
+                                     "etcd-follower"))
+    return out
 
 
 def plan_problems(s: Scenario) -> list[Problem]:
