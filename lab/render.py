@@ -11,6 +11,7 @@ import jinja2
 import yaml
 
 from lab.resources import resource_dir
+from lab.state import write_atomically
 from lab.model.scenario import Scenario, duration_seconds
 from lab.model.services import Layout
 from lab.model.topology import API_PORT, MachineNames, Node, Topology
@@ -333,24 +334,21 @@ def render(s: Scenario, secrets: LabSecrets) -> dict[str, str]:
     return out
 
 
+# rendered files that carry a secret (keepalived's VRRP password)
+SECRET_SUFFIXES = ("keepalived.conf",)
+
+
 def write(files: dict[str, str], secrets: LabSecrets, dest: Path) -> None:
     """Write a rendered lab into `dest` (side effect; private key 0600)."""
-    dest.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    dest.chmod(0o700)          # the lab's keys and passwords live in here
     for rel, text in files.items():
-        path = dest / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if rel.startswith("scripts/"):
-            path.chmod(0o755)
-    key = dest / "keys" / "id_ed25519"
-    key.parent.mkdir(parents=True, exist_ok=True)
-    key.touch(mode=0o600)
-    key.chmod(0o600)
-    key.write_text(secrets.private_key)
-    pw = dest / "keys" / "vrrp_password"
-    pw.touch(mode=0o600)
-    pw.chmod(0o600)
-    pw.write_text(secrets.vrrp_password + "\n")
+        mode = 0o755 if rel.startswith("scripts/") else \
+            0o600 if rel.endswith(SECRET_SUFFIXES) else 0o644
+        write_atomically(dest / rel, text, mode=mode)   # 0600 from the first byte
+    (dest / "keys").mkdir(exist_ok=True, mode=0o700)
+    write_atomically(dest / "keys" / "id_ed25519", secrets.private_key, mode=0o600)
+    write_atomically(dest / "keys" / "vrrp_password", secrets.vrrp_password + "\n", mode=0o600)
 
 
 def haproxy_runtime(lay: "Layout") -> HAProxyRuntime:

@@ -135,7 +135,7 @@ CASE2_FILES = {
     "files/exports", "files/admin-lb/haproxy.cfg", "keys/id_ed25519", "keys/id_ed25519.pub",
     "keys/vrrp_password", "scripts/admin-lb.sh", "scripts/common.sh", "inventory/inventory.ini",
     "inventory/group_vars/all/zz-halab.yml", "inventory/group_vars/k8s_cluster/zz-halab.yml",
-    "inventory/extra-vars.yml",
+    "inventory/extra-vars.yml", ".halab-render",
 }
 
 
@@ -147,7 +147,8 @@ def test_render_case2_writes_the_whole_lab(tmp_path):
     out = tmp_path / "lab"
     r = halab("render", "case2", "--out", str(out))
     assert _tree(out) == CASE2_FILES
-    assert f"wrote {len(CASE2_FILES)} files for lab case2 into {out}" in r.stdout
+    assert f"wrote {len(CASE2_FILES) - 1} files for lab case2 into {out}" in r.stdout
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert not list(tmp_path.glob(".lab.*")), "temporary folder left behind"
 
     for secret in ("keys/id_ed25519", "keys/vrrp_password"):
@@ -175,18 +176,32 @@ def test_render_generates_new_secrets_per_lab(tmp_path):
     assert Path("a/keys/id_ed25519").read_text() != Path("b/keys/id_ed25519").read_text()
 
 
-def test_render_refuses_a_folder_with_files_unless_forced(tmp_path):
+def test_render_never_deletes_what_it_did_not_write(tmp_path):
     out = tmp_path / "lab"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    r = halab("render", "case2", "--out", str(out), ok=False)
-    assert r.exit_code == 1
-    assert f"halab: error: {out} already has files" in r.stderr
-    assert "--force" in r.stderr and "Traceback" not in r.stderr
-    assert _tree(out) == {"notes.txt"}
+    for extra in ([], ["--force"]):
+        r = halab("render", "case2", "--out", str(out), *extra, ok=False)
+        assert r.exit_code == 1
+        assert f"halab: error: {out} already has files that halab did not render" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert _tree(out) == {"notes.txt"}
+    # `--out .` in a folder of notes (how a user once lost them), and its parents
+    (tmp_path / "mine.txt").write_text("notes")
+    for where in (".", "..", str(tmp_path)):
+        r = halab("render", "case2", "--out", where, "--force", ok=False)
+        assert r.exit_code == 1 and "is the current folder" in r.stderr, r.stderr
+    assert (tmp_path / "mine.txt").read_text() == "notes"
 
+
+def test_render_replaces_an_earlier_render_only_with_force(tmp_path):
+    out = tmp_path / "lab"
+    halab("render", "case2", "--out", str(out))
+    first = (out / "keys/id_ed25519").read_text()
+    r = halab("render", "case2", "--out", str(out), ok=False)
+    assert r.exit_code == 1 and "holds an earlier render" in r.stderr and "--force" in r.stderr
     halab("render", "case2", "--out", str(out), "--force")
-    assert _tree(out) == CASE2_FILES
+    assert _tree(out) == CASE2_FILES and (out / "keys/id_ed25519").read_text() != first
 
 
 def test_render_into_an_existing_empty_folder(tmp_path):

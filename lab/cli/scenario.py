@@ -76,7 +76,8 @@ def register(main: click.Group) -> None:
                   help="Folder to write the rendered lab into (created; must be new or empty).")
     @click.option("--provider", type=PROVIDERS, default=None,
                   help="As if the scenario used this provider.")
-    @click.option("--force", is_flag=True, help="Replace DIR if it already has files.")
+    @click.option("--force", is_flag=True,
+                  help="Replace DIR if it holds an earlier render (never other files).")
     def render_cmd(scenario_ref, out_dir, provider, force):
         """Write the whole rendered lab (Vagrantfile, scripts, configs, inventory) into DIR."""
         from lab import render
@@ -87,19 +88,39 @@ def register(main: click.Group) -> None:
         click.echo(f"wrote {len(files) + 2} files for lab {s.name} into {out_dir}")
 
 
+RENDER_MARKER = ".halab-render"   # written into every folder `halab render` fills
+
+
 def write_tree_atomically(dest: Path, fill, force: bool = False) -> None:
-    """Build a folder next to `dest` and move it in place: on error `dest` is untouched."""
-    dest = dest.expanduser()
+    """Build a folder next to `dest` and move it in place: on error `dest` is untouched.
+
+    An existing folder is replaced only when it holds a previous render (its marker
+    file) and `force` is given: `--out .` in a folder of notes must never delete them.
+    """
+    given = dest
+    dest = dest.expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if dest == cwd or dest in cwd.parents or dest == Path.home().resolve():
+        raise HalabError(f"--out {given} is the current folder, one of its parents or your "
+                         "home folder", hint="render into a new folder, e.g. --out lab-files")
     if dest.exists() and not dest.is_dir():
         raise HalabError(f"{dest} exists and is not a folder", hint="choose another --out")
-    if dest.is_dir() and any(dest.iterdir()) and not force:
-        raise HalabError(f"{dest} already has files", hint="choose a new folder or add --force")
-    parent = dest.resolve().parent
+    if dest.is_dir() and any(dest.iterdir()):
+        if not (dest / RENDER_MARKER).is_file():
+            raise HalabError(f"{dest} already has files that halab did not render",
+                             hint="choose a new or empty folder (halab replaces only a folder "
+                                  "it rendered itself)")
+        if not force:
+            raise HalabError(f"{dest} holds an earlier render",
+                             hint="add --force to replace it, or choose a new folder")
+    parent = dest.parent
     if not parent.is_dir():
         raise HalabError(f"{parent} does not exist", hint=f"create it first: mkdir -p {parent}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=parent))
     try:
         fill(tmp)
+        (tmp / RENDER_MARKER).write_text("rendered by halab; `halab render --force` may "
+                                         "replace this folder\n")
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
