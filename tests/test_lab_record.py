@@ -166,3 +166,42 @@ def test_drill_run_on_a_vm_lab_uses_the_vm_waits(tmp_path, monkeypatch):
     assert fitted.recovery_timeout == 600 and fitted.probe_timeout == 15
     assert fitted.probe_interval == 1.0 and fitted.state_poll_interval == 1.0
     assert given.recovery_timeout == 90 and given.probe_interval == 0.5
+
+
+def _kc(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Config", "current-context": name,
+            "clusters": [{"name": name, "cluster": {"server": "https://127.0.0.9:6443"}}],
+            "users": [{"name": name, "user": {}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}]}
+
+
+def test_kubeconfig_merge_follows_a_symlink_and_keeps_the_mode(tmp_path):
+    from lab.deploy import kubeconfig as kc
+    real = tmp_path / "dotfiles" / "kubeconfig"
+    real.parent.mkdir()
+    kc.write(real, _kc("work"))
+    real.chmod(0o640)
+    link = tmp_path / "config"
+    link.symlink_to(real)
+    merged, added = kc.merge(kc.load(link), _kc("lab-lb"))
+    kc.write(link, merged)
+    assert link.is_symlink() and link.resolve() == real          # still a link
+    assert real.stat().st_mode & 0o777 == 0o640
+    names = {c["name"] for c in kc.load(real)["contexts"]}
+    assert names == {"work", "lab-lb"}
+    kc.write(link, kc.unmerge(kc.load(link), added))
+    assert {c["name"] for c in kc.load(real)["contexts"]} == {"work"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "dotfiles"]   # no temp
+    fresh = tmp_path / "new" / "config"
+    kc.write(fresh, _kc("x"))
+    assert fresh.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_malformed_kubeconfig_is_a_clear_error(tmp_path):
+    from lab.deploy import kubeconfig as kc
+    bad = tmp_path / "config"
+    for text in ("clusters: [oops\n", "clusters: {a: 1}\n", "- just\n- a list\n", "\xff\xfe"):
+        bad.write_bytes(text.encode("latin-1"))
+        with pytest.raises(HalabError) as err:
+            kc.load(bad)
+        assert str(bad) in err.value.message and err.value.hint

@@ -271,9 +271,15 @@ def destroy(lab: Lab, confirm=None) -> None:
             return
         if rec.kubeconfig_merged:
             path = Path(rec.kubeconfig_merged_into or kc.user_kubeconfig_path())
-            if path.exists():
-                kc.write(path, kc.unmerge(kc.load(path), rec.kubeconfig_merged))
-                echo(f"  removed {len(rec.kubeconfig_merged)} entries from {path}")
+            try:
+                if path.exists():
+                    kc.write(path, kc.unmerge(kc.load(path), rec.kubeconfig_merged))
+                    echo(f"  removed {len(rec.kubeconfig_merged)} entries from {path}")
+            except (HalabError, OSError) as exc:   # never block the rest of destroy
+                echo(f"  warning: could not take the lab's entries out of {path}: "
+                     f"{getattr(exc, 'message', exc)}; remove the contexts "
+                     f"{', '.join(n.split('/', 1)[1] for n in rec.kubeconfig_merged if n.startswith('contexts/'))}"
+                     " by hand", err=True)
             lab.update(kubeconfig_merged=[])
         left = prov.destroy(progress=echo_step)
         if left:

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from lab.errors import HalabError
+from lab.state import write_atomically
 from lab.model.topology import API_PORT, Topology
 
 
@@ -86,12 +87,17 @@ def put_worker_kubeconfigs(topo: Topology, provider, ca_pem: bytes, cert_pem: by
 
 
 def write(path: Path, config: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.chmod(0o600)
-    tmp.write_text(dump(config))
-    os.replace(tmp, path)
+    """Write a kubeconfig atomically, through a symlink to its target, keeping the
+    target's owner and mode (a new file is 0600 from its first byte)."""
+    target = Path(os.path.realpath(path))
+    try:
+        st = target.stat()
+        mode, owner = st.st_mode & 0o777, (st.st_uid, st.st_gid)
+    except FileNotFoundError:
+        mode, owner = 0o600, None
+    write_atomically(target, dump(config), mode=mode)
+    if owner is not None and os.geteuid() == 0 and owner != (0, 0):
+        os.chown(target, *owner)      # `sudo halab` must not hand a user's file to root
 
 
 def user_kubeconfig_path() -> Path:
@@ -137,11 +143,17 @@ def load(path: Path) -> dict:
         return {}
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise HalabError(f"{path} is not valid YAML ({exc})",
-                         hint="fix it or point KUBECONFIG elsewhere before merging") from exc
-    if not isinstance(data, dict):
-        raise HalabError(f"{path} is not a kubeconfig", hint="fix it before merging")
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise HalabError(f"{path} is not valid YAML{line}",
+                         hint="fix it or point KUBECONFIG elsewhere before merging") from None
+    if not isinstance(data, dict) or any(
+            not isinstance(data.get(s) or [], list) or
+            not all(isinstance(e, dict) for e in data.get(s) or [])
+            for s in ("clusters", "users", "contexts")):
+        raise HalabError(f"{path} is not a kubeconfig (clusters, users and contexts must be "
+                         "lists of entries)", hint="fix it before merging")
     return data
 
 
