@@ -65,6 +65,7 @@ def vm_provider(sshd_server, tmp_path, monkeypatch):  # noqa: F811
         (stubs / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{stubs}:{os.environ['PATH']}")  # host-side: virsh, VBoxManage
     monkeypatch.setenv("FAKE_STATE", str(state))
+    monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
 
     def make(scenario_name="case2", provider="libvirt", deployer="kubespray"):
         p = tmp_path / f"{scenario_name}-{provider}-{deployer}.yaml"
@@ -153,8 +154,9 @@ def test_partition_drops_the_lab_nic_only_and_heal_removes_every_rule(vm_provide
 
 
 @pytest.mark.parametrize("provider,off,pause,resume", [
-    ("libvirt", "virsh destroy halab-case2-k8s-node1", "virsh suspend halab-case2-k8s-node1",
-     "virsh resume halab-case2-k8s-node1"),
+    ("libvirt", "virsh -c qemu:///system destroy halab-case2-k8s-node1",
+     "virsh -c qemu:///system suspend halab-case2-k8s-node1",
+     "virsh -c qemu:///system resume halab-case2-k8s-node1"),
     ("virtualbox", "VBoxManage controlvm case2-k8s-node1 poweroff",
      "VBoxManage controlvm case2-k8s-node1 pause", "VBoxManage controlvm case2-k8s-node1 resume"),
 ])
@@ -253,3 +255,12 @@ def test_drills_read_a_vm_load_balancer_once_a_second_and_a_local_one_often(vm_p
     from tests.support.fake_provider import FakeProvider
     assert Settings().fitted(FakeProvider()).state_poll_interval == 0.25   # a local lab
     assert Settings(state_poll_interval=3.0).fitted(vm_provider()).state_poll_interval == 3.0
+
+
+def test_virsh_talks_to_the_connection_vagrant_libvirt_uses(monkeypatch):
+    """As a user, plain virsh would ask qemu:///session and see none of the lab's VMs."""
+    monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
+    assert vprov.power_off_argv("libvirt", "c", "n1")[:3] == ["virsh", "-c", "qemu:///system"]
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu+unix:///system?socket=/run/x.sock")
+    assert vprov.vm_control_argv("libvirt", "c", "n1", "pause") == [
+        "virsh", "-c", "qemu+unix:///system?socket=/run/x.sock", "suspend", "halab-c-n1"]

@@ -119,7 +119,7 @@ class VagrantProvider:
             # vagrant-libvirt keeps the networks it created; they are the lab's
             for net in self.libvirt_networks():
                 for verb in ("net-destroy", "net-undefine"):
-                    subprocess.run(["virsh", verb, net], capture_output=True, timeout=60)
+                    subprocess.run(virsh(verb, net), capture_output=True, timeout=60)
                 progress(f"removed libvirt network {net}")
         return self.leftovers()
 
@@ -135,7 +135,7 @@ class VagrantProvider:
     def libvirt_networks(self) -> list[str]:
         """The lab's recorded libvirt networks that exist now (exact names, no prefix:
         lab `case3` must not take `case3-ha`'s)."""
-        cp = subprocess.run(["virsh", "net-list", "--all", "--name"], capture_output=True,
+        cp = subprocess.run(virsh("net-list", "--all", "--name"), capture_output=True,
                             text=True, timeout=60)
         existing = {n.strip() for n in cp.stdout.splitlines() if n.strip()}
         return [n for n in self.lab.record().names("libvirt_network") if n in existing]
@@ -145,6 +145,11 @@ class VagrantProvider:
         left = [f"VM {n} ({s})" for n, s in states.items() if s not in ("not_created",)]
         if self.topo.scenario.provider == "libvirt":
             left += [f"libvirt network {n}" for n in self.libvirt_networks()]
+            cp = subprocess.run(virsh("list", "--all", "--name"), capture_output=True, text=True,
+                                timeout=60)
+            existing = {n.strip() for n in cp.stdout.splitlines() if n.strip()}
+            left += [f"libvirt domain {d}" for d in self.lab.record().names("libvirt_domain")
+                     if d in existing]
         return left
 
     # ------------------------------------------------------------ commands on VMs
@@ -565,15 +570,26 @@ def re_escape(ip: str) -> str:
     return ip.replace(".", "\\.")
 
 
+def libvirt_uri() -> str:
+    """The libvirt connection vagrant-libvirt uses for halab's Vagrantfiles (which set no
+    connection option): LIBVIRT_DEFAULT_URI if set, else qemu:///system. Without `-c`,
+    virsh run by a user talks to qemu:///session and sees none of the lab's VMs."""
+    return os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"
+
+
+def virsh(*args: str) -> list[str]:
+    return ["virsh", "-c", libvirt_uri(), *args]
+
+
 def vm_control_argv(provider: str, lab: str, node: str, action: str) -> list[str]:
     """Pause/resume a whole VM with the hypervisor (a frozen node)."""
     if provider == "libvirt":
-        return ["virsh", "suspend" if action == "pause" else "resume", MachineNames(lab).domain(node)]
+        return virsh("suspend" if action == "pause" else "resume", MachineNames(lab).domain(node))
     return ["VBoxManage", "controlvm", MachineNames(lab).virtualbox_vm(node), action]
 
 
 def power_off_argv(provider: str, lab: str, node: str) -> list[str]:
     """The provider's hard power-off for one VM (names as the Vagrantfile sets them)."""
     if provider == "libvirt":
-        return ["virsh", "destroy", MachineNames(lab).domain(node)]
+        return virsh("destroy", MachineNames(lab).domain(node))
     return ["VBoxManage", "controlvm", MachineNames(lab).virtualbox_vm(node), "poweroff"]
