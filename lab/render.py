@@ -352,8 +352,22 @@ def write(files: dict[str, str], secrets: LabSecrets, dest: Path) -> None:
 
 
 def haproxy_runtime(lay: "Layout") -> HAProxyRuntime:
+    """The VM's packaged HAProxy, or the local provider's: its socket and pidfile in the
+    node's folder, logs on stdout, and its workers as the unprivileged `nobody` (the
+    master binds and opens what it needs as root first)."""
     if not lay.local:
         return HAProxyRuntime()
-    return HAProxyRuntime(stats_socket=lay.p("haproxy.sock"),
-                                 pidfile=lay.p("haproxy.pid"), chroot=None, user=None,
-                                 group=None, log="stdout format raw")
+    user, group = _unprivileged()
+    return HAProxyRuntime(stats_socket=lay.p("haproxy.sock"), pidfile=lay.p("haproxy.pid"),
+                          chroot=None, user=user, group=group, log="stdout format raw")
+
+
+def _unprivileged() -> tuple[str, str]:
+    """`nobody` and its primary group (nogroup on Debian, nobody on Fedora)."""
+    import grp
+    import pwd
+    try:
+        nobody = pwd.getpwnam("nobody")
+        return "nobody", grp.getgrgid(nobody.pw_gid).gr_name
+    except KeyError:
+        return "nobody", "nogroup"

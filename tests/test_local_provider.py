@@ -333,6 +333,30 @@ def test_no_lab_address_in_the_root_namespace(lab):
     assert f"inet {node1.ip}/" in inside
 
 
+def test_haproxy_serves_as_an_unprivileged_user_and_secrets_are_private(lab):
+    """The load balancer's workers drop root (its master binds as root first); the lab
+    folder and the files with keys or passwords are the owner's only."""
+    import pwd
+    if not lab.topo.load_balancers:
+        pytest.skip("no load balancer in this Case")
+    lb = lab.topo.load_balancers[0].name
+    pids = subprocess.run(["ip", "netns", "pids", lab.ns(lb)], capture_output=True,
+                          text=True).stdout.split()
+    owners = {}
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy":
+                owners[pid] = Path(f"/proc/{pid}").stat().st_uid
+        except OSError:
+            continue
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert nobody in owners.values(), owners          # the worker(s)
+    assert lab.path.stat().st_mode & 0o077 == 0
+    for secret in [*lab.path.glob("keys/id_ed25519"), *lab.path.glob("keys/vrrp_password"),
+                   *lab.path.glob("files/*/keepalived.conf"), *lab.path.glob("pki/**/*.key")]:
+        assert secret.stat().st_mode & 0o077 == 0, secret
+
+
 def test_verify_every_path_backends_leases_write(lab):
     cp = lab.h("verify", timeout=180)
     assert cp.returncode == 0, _show(cp)
