@@ -488,7 +488,7 @@ def test_probe_plan_runs_each_path_where_its_client_is(tmp_path):
     specs = {s.key: s for s in probe_plan(lab, t, Prov(), ["k8s-node1"], Settings(), "id1")}
     assert specs["external"].node == "client" and "case3-lb" in specs["external"].argv
     assert specs["worker:k8s-node4"].node == "k8s-node4"
-    assert "/nodes/k8s-node4/kubeconfig" in specs["worker:k8s-node4"].argv
+    assert "/nodes/k8s-node4/prober.kubeconfig" in specs["worker:k8s-node4"].argv
     assert "case3-k8s-node2" in specs["write"].argv     # not through the target
     assert specs["canary"].mode == "canary" and specs["etcd"].mode == "etcd"
     assert all(s.argv[1:3] == ["-m", "lab.drill.prober"] for s in specs.values())

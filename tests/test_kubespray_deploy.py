@@ -547,7 +547,7 @@ def test_deploy_succeeds_and_writes_the_case_kubeconfig(live, admin_pki, case):
     _assert_embedded(config, admin_pki)
     assert (lab.kubeconfig.stat().st_mode & 0o777) == 0o600
     for w in topo.workers:  # JSON: the drill prober on a worker has no PyYAML there
-        on_worker = ll.provider.root / w.name / "kubeconfig"
+        on_worker = ll.provider.root / w.name / "prober.kubeconfig"
         wc = json.loads(on_worker.read_text())
         assert [c["cluster"]["server"] for c in wc["clusters"]] == [topo.worker_path(w).server]
         _assert_embedded(wc, admin_pki)
@@ -737,7 +737,7 @@ def test_cli_deploy_end_to_end_then_verify(live, sshd_server, monkeypatch):
     assert set(on_workers) == {"k8s-node4", "k8s-node5"}
     argv = on_workers["k8s-node4"]
     assert argv[argv.index("--mode") + 1] == "read" and "/readyz" in argv
-    assert argv[argv.index("--kubeconfig") + 1] == ll.provider.layout("k8s-node4").p("kubeconfig")
+    assert argv[argv.index("--kubeconfig") + 1] == ll.provider.layout("k8s-node4").p("prober.kubeconfig")
     rec = ll.lab.record()
     assert rec.deploy["state"] == "partial" and rec.verify["ok"] is True
     assert rec.phase == "deployed"

@@ -357,6 +357,45 @@ def test_haproxy_serves_as_an_unprivileged_user_and_secrets_are_private(lab):
         assert secret.stat().st_mode & 0o077 == 0, secret
 
 
+def test_identities_prober_reads_only_and_etcd_trusts_only_its_own_ca(lab):
+    """A worker holds no admin credentials: its probes run as halab-prober (read-only)
+    and its kubelet kubeconfig is system:node:<worker>; etcd refuses every certificate
+    of the cluster CA (an approved CSR is no etcd access)."""
+    from lab.host.k8sbin import find_k8s_binaries
+    if not lab.topo.workers:
+        pytest.skip("no workers")
+    kubectl = str(find_k8s_binaries(check_version=False).kubectl)
+    w = lab.topo.workers[0].name
+    folder = lab.path / "nodes" / w
+    node_kc = json.loads((folder / "kubeconfig").read_text())
+    assert node_kc["users"][0]["name"] == f"{w}-kubelet"
+    from lab.deploy import kubeconfig as kc
+    from lab.deploy.pki import cert_info
+    _, cert, _, _ = kc.credentials(node_kc)
+    assert cert_info(cert)["cn"] == [f"system:node:{w}"]
+
+    def as_prober(*args):
+        return subprocess.run(["ip", "netns", "exec", lab.ns(w), kubectl,
+                               f"--kubeconfig={folder / 'prober.kubeconfig'}",
+                               "--request-timeout=10s", *args],
+                              capture_output=True, text=True, timeout=60)
+    assert as_prober("get", "namespace", "default", "-o", "name").stdout.strip() == \
+        "namespace/default"
+    denied = as_prober("create", "configmap", "halab-should-not-exist")
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
+    cp = lab.topo.etcd_members[0]
+    pki = lab.path / "pki"
+
+    def etcd_health(client: str):
+        return subprocess.run(["ip", "netns", "exec", lab.ns(cp.name), "etcdctl",
+                               f"--endpoints=https://{cp.ip}:2379", f"--cacert={pki / 'etcd-ca.crt'}",
+                               f"--cert={pki / (client + '.crt')}", f"--key={pki / (client + '.key')}",
+                               "--command-timeout=5s", "endpoint", "health"],
+                              capture_output=True, text=True, timeout=60)
+    assert etcd_health("apiserver-etcd-client").returncode == 0
+    assert etcd_health("admin").returncode != 0       # system:masters, but not etcd's
+
+
 def test_verify_every_path_backends_leases_write(lab):
     cp = lab.h("verify", timeout=180)
     assert cp.returncode == 0, _show(cp)

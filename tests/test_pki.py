@@ -46,7 +46,8 @@ def test_first_service_ip(cidr, first):
 
 
 def test_layout(files):
-    expected = {"ca.crt", "ca.key", "sa.key", "sa.pub", "admin.crt", "admin.key",
+    expected = {"ca.crt", "ca.key", "etcd-ca.crt", "etcd-ca.key", "sa.key", "sa.pub",
+                "admin.crt", "admin.key", "prober.crt", "prober.key",
                 "apiserver-etcd-client.crt", "apiserver-etcd-client.key",
                 "apiserver-kubelet-client.crt", "apiserver-kubelet-client.key",
                 "controller-manager.crt", "controller-manager.key",
@@ -97,6 +98,7 @@ def test_etcd_members_separate():
     ("scheduler", "system:kube-scheduler", []),
     ("apiserver-etcd-client", "kube-apiserver-etcd-client", []),
     ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]),
+    ("prober", "halab-prober", ["halab:probers"]),
     ("front-proxy-client", "front-proxy-client", []),
 ])
 def test_client_subjects(files, base, cn, orgs):
@@ -105,6 +107,31 @@ def test_client_subjects(files, base, cn, orgs):
     assert info["o"] == orgs
     assert info["eku"] == ["clientAuth"]
     assert info["dns"] == [] and info["ips"] == []
+
+
+def _issuer(files, rel) -> str:
+    return pki.cert_info(files[rel])["issuer_cn"][0]
+
+
+def test_etcd_trusts_only_its_own_ca(files):
+    """An approved kube-apiserver-client CSR (signed by the cluster CA, the controller
+    manager's signing key) must not be raw etcd access."""
+    assert _issuer(files, "etcd-ca.crt") == "case3-etcd-ca" != _issuer(files, "ca.crt")
+    for name, _ in CPS:
+        for kind in ("server", "peer"):
+            assert _issuer(files, f"etcd/{name}-{kind}.crt") == "case3-etcd-ca"
+        assert _issuer(files, f"apiserver/{name}.crt") == "case3-ca"
+    assert _issuer(files, "apiserver-etcd-client.crt") == "case3-etcd-ca"
+    for client in ("admin", "controller-manager", "scheduler", "prober"):
+        assert _issuer(files, f"{client}.crt") == "case3-ca"
+
+
+def test_every_node_gets_its_own_kubelet_identity():
+    f = pki.build_pki("n", CPS[:1], [], "10.233.0.0/18", nodes=["k8s-node1", "k8s-node4"])
+    for node in ("k8s-node1", "k8s-node4"):
+        info = pki.cert_info(f[f"nodes/{node}.crt"])
+        assert info["cn"] == [f"system:node:{node}"] and info["o"] == ["system:nodes"]
+        assert info["eku"] == ["clientAuth"] and info["issuer_cn"] == ["n-ca"]
 
 
 def test_keys_match_certs(files):
@@ -141,11 +168,17 @@ def test_openssl_verifies_chain(files, written):
                            capture_output=True, text=True)
         assert r.returncode == 0 and r.stdout.strip().endswith(": OK"), (rel, r.stdout, r.stderr)
 
+    etcd_side = ("etcd/", "apiserver-etcd-client")
     for rel in files:
-        if not rel.endswith(".crt") or rel.startswith("front-proxy") or rel == "ca.crt":
+        if not rel.endswith(".crt") or rel.startswith("front-proxy") or \
+                rel in ("ca.crt", "etcd-ca.crt"):
             continue
         purpose = "sslserver" if rel.startswith(("apiserver/", "etcd/")) else "sslclient"
-        verify("ca.crt", rel, purpose)
+        verify("etcd-ca.crt" if rel.startswith(etcd_side) else "ca.crt", rel, purpose)
+    # etcd's CA verifies no Kubernetes client (an approved CSR is no etcd access) ...
+    r = subprocess.run(["openssl", "verify", "-CAfile", str(written / "etcd-ca.crt"),
+                        str(written / "admin.crt")], capture_output=True, text=True)
+    assert r.returncode != 0
     verify("front-proxy-ca.crt", "front-proxy-client.crt", "sslclient")
     # the wrong CA must not verify
     r = subprocess.run(["openssl", "verify", "-CAfile", str(written / "front-proxy-ca.crt"),
@@ -227,6 +260,7 @@ def test_lab_pki_from_topology_like_object():
         name = "case2"
         control_planes = (N("cp1", "10.250.0.11"), N("cp2", "10.250.0.12"))
         etcd_members = control_planes
+        workers = (N("w1", "10.250.0.14"),)
 
         class scenario:
             service_cidr = "10.233.0.0/18"
@@ -237,5 +271,6 @@ def test_lab_pki_from_topology_like_object():
 
     f = pki.lab_pki(T)
     assert "apiserver/cp2.crt" in f and "etcd/cp1-peer.key" in f
+    assert {"nodes/cp1.crt", "nodes/cp2.crt", "nodes/w1.crt"} <= set(f)
     info = pki.cert_info(f["apiserver/cp1.crt"])
     assert "10.250.0.5" in info["ips"] and "k8s-api.lab" in info["dns"]

@@ -72,7 +72,7 @@ def test_a_worker_path_is_checked_on_the_worker_by_the_stdlib_prober(tmp_path, d
     (node, argv), = w.ran
     assert node == "k8s-node4"
     assert argv == ["python3", "/opt/halab/prober.py", "--mode", "read", "--kubeconfig",
-                    "/var/lib/halab/kubeconfig", "--path", "/readyz", "--count", "1",
+                    "/var/lib/halab/prober.kubeconfig", "--path", "/readyz", "--count", "1",
                     "--timeout", "3"]
 
 

@@ -60,7 +60,7 @@ def _pki_files(lay: Layout, pki: dict, names: list[str]) -> dict:
 def etcd_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
     index = topo.etcd_members.index(node) + 1
     name = f"etcd{index}"
-    files = _pki_files(lay, pki, ["ca.crt", f"etcd/{node.name}-server.crt",
+    files = _pki_files(lay, pki, ["etcd-ca.crt", f"etcd/{node.name}-server.crt",
                                   f"etcd/{node.name}-server.key", f"etcd/{node.name}-peer.crt",
                                   f"etcd/{node.name}-peer.key"])
     argv = (
@@ -73,10 +73,10 @@ def etcd_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec
         f"--initial-cluster-token=halab-{topo.name}", "--initial-cluster-state=new",
         f"--cert-file={lay.p('pki', 'etcd', node.name + '-server.crt')}",
         f"--key-file={lay.p('pki', 'etcd', node.name + '-server.key')}",
-        f"--trusted-ca-file={lay.p('pki', 'ca.crt')}", "--client-cert-auth=true",
+        f"--trusted-ca-file={lay.p('pki', 'etcd-ca.crt')}", "--client-cert-auth=true",
         f"--peer-cert-file={lay.p('pki', 'etcd', node.name + '-peer.crt')}",
         f"--peer-key-file={lay.p('pki', 'etcd', node.name + '-peer.key')}",
-        f"--peer-trusted-ca-file={lay.p('pki', 'ca.crt')}", "--peer-client-cert-auth=true",
+        f"--peer-trusted-ca-file={lay.p('pki', 'etcd-ca.crt')}", "--peer-client-cert-auth=true",
         # kubespray's tuning (REFERENCE.md section 4)
         "--heartbeat-interval=250", "--election-timeout=5000",
         # etcd 3.5 (kubespray's) pre-votes by default: a member back from a partition
@@ -89,7 +89,7 @@ def etcd_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec
 
 def apiserver_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
     s = topo.scenario
-    files = _pki_files(lay, pki, ["ca.crt", "ca.key", "sa.key", "sa.pub",
+    files = _pki_files(lay, pki, ["ca.crt", "etcd-ca.crt", "sa.key", "sa.pub",
                                   f"apiserver/{node.name}.crt", f"apiserver/{node.name}.key",
                                   "apiserver-etcd-client.crt", "apiserver-etcd-client.key"])
     pk = lambda *n: lay.p("pki", *n)  # noqa: E731
@@ -97,7 +97,7 @@ def apiserver_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> Servic
         f"{lay.k8s_bin}/kube-apiserver",
         f"--advertise-address={node.ip}", "--bind-address=0.0.0.0", f"--secure-port={API_PORT}",
         f"--etcd-servers={etcd_endpoints(topo)}",
-        f"--etcd-cafile={pk('ca.crt')}", f"--etcd-certfile={pk('apiserver-etcd-client.crt')}",
+        f"--etcd-cafile={pk('etcd-ca.crt')}", f"--etcd-certfile={pk('apiserver-etcd-client.crt')}",
         f"--etcd-keyfile={pk('apiserver-etcd-client.key')}",
         f"--client-ca-file={pk('ca.crt')}",
         f"--tls-cert-file={pk('apiserver', node.name + '.crt')}",

@@ -64,12 +64,16 @@ def dump(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def worker(topo: Topology, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, node) -> dict:
-    """What a worker's kubelet would use: its Case's path (localhost proxy in Cases 1/2,
-    the LB name in Case 3); halab's checks and drill probes on the worker use it."""
+PROBER_KUBECONFIG = "prober.kubeconfig"   # on a worker, next to its kubelet's kubeconfig
+
+
+def worker(topo: Topology, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, node,
+           user: str | None = None) -> dict:
+    """A kubeconfig on a worker that goes its kubelet's way: its Case's path (localhost
+    proxy in Cases 1/2, the LB name in Case 3)."""
     path = topo.worker_path(node)
     return config([(f"{topo.name}-{node.name}-kubelet", path.server)],
-                  f"{node.name}-kubelet", ca_pem, cert_pem, key_pem)
+                  user or f"{node.name}-kubelet", ca_pem, cert_pem, key_pem)
 
 
 def dump_for_node(config: dict) -> str:
@@ -78,12 +82,19 @@ def dump_for_node(config: dict) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def put_worker_kubeconfigs(topo: Topology, provider, ca_pem: bytes, cert_pem: bytes,
-                           key_pem: bytes) -> None:
-    """On each worker, the kubeconfig of its kubelet's path (provider.layout(...)/kubeconfig)."""
+def put_worker_kubeconfigs(topo: Topology, provider, ca_pem: bytes, prober: tuple[bytes, bytes],
+                           nodes: dict | None = None) -> None:
+    """On each worker, along its kubelet's path: `prober.kubeconfig` for halab's checks
+    and drill probes (`prober`: a read-only identity's certificate and key), and, when
+    halab runs the cluster, `kubeconfig` with the node's own identity (`nodes`:
+    {node: (cert, key)} for CN=system:node:<node>), as its kubelet uses it."""
     for w in topo.workers:
-        provider.put_file(w.name, provider.layout(w.name).p("kubeconfig"),
-                          dump_for_node(worker(topo, ca_pem, cert_pem, key_pem, w)), 0o600)
+        lay = provider.layout(w.name)
+        provider.put_file(w.name, lay.p(PROBER_KUBECONFIG), dump_for_node(
+            worker(topo, ca_pem, *prober, w, user="halab-prober")), 0o600)
+        if nodes and w.name in nodes:
+            provider.put_file(w.name, lay.p("kubeconfig"), dump_for_node(
+                worker(topo, ca_pem, *nodes[w.name], w)), 0o600)
 
 
 def write(path: Path, config: dict) -> None:

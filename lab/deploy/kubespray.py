@@ -444,8 +444,11 @@ def deploy(lab: Lab, topo: Topology, provider, progress: Progress = lambda m: No
                 kube = write_lab_kubeconfig(lab, topo, text, f"{runner}:{admin_conf}", progress)
                 if topo.workers:
                     # halab's checks and drill probes on a worker go its kubelet's way
+                    # (kubespray's kubelets have their own kubeconfig; the probes borrow
+                    # admin.conf's identity: halab has no key of kubespray's CA to sign
+                    # a read-only one)
                     ca, cert, key, _ = kc.credentials(yaml.safe_load(text), admin_conf)
-                    kc.put_worker_kubeconfigs(topo, provider, ca, cert, key)
+                    kc.put_worker_kubeconfigs(topo, provider, ca, (cert, key))
                     progress(f"worker kubeconfigs ({topo.worker_path(topo.workers[0]).server}) "
                              f"-> {', '.join(w.name for w in topo.workers)}")
     except KeyboardInterrupt:  # outside ansible (sync, task count): nothing runs on admin-lb

@@ -4,11 +4,18 @@ Everything is generated in memory with `cryptography` and returned as a dict
 {relative path: PEM bytes}; `write_pki` puts it on disk (keys 0600). Layout
 (the names `lab.controlplane` expects):
 
-    ca.crt, ca.key                              cluster CA (also signs etcd certs)
+    ca.crt, ca.key                              cluster CA (Kubernetes clients, CSR signing)
+    etcd-ca.crt, etcd-ca.key                    etcd's own CA: etcd trusts only it, so no
+                                                certificate the cluster CA signs (an approved
+                                                CSR) can talk to etcd
     apiserver/<cp>.crt, apiserver/<cp>.key      kube-apiserver serving cert per control plane
     etcd/<member>-server.crt/.key               etcd client-facing serving cert
     etcd/<member>-peer.crt/.key                 etcd peer cert (server+client auth)
-    apiserver-etcd-client.crt/.key              kube-apiserver -> etcd
+    apiserver-etcd-client.crt/.key              kube-apiserver -> etcd (from the etcd CA)
+    nodes/<node>.crt/.key                       each node's kubelet identity:
+                                                CN=system:node:<node>, O=system:nodes
+    prober.crt/.key                             halab's probes on nodes: CN=halab-prober,
+                                                O=halab:probers (read-only, bound to `view`)
     apiserver-kubelet-client.crt/.key           kube-apiserver -> kubelets (O=system:masters)
     admin.crt/.key                              CN=kubernetes-admin, O=system:masters
     controller-manager.crt/.key                 CN=system:kube-controller-manager
@@ -163,17 +170,24 @@ def apiserver_sans(name: str, ip: str, service_cidr: str, extra_sans: Iterable[s
 
 
 # ---------------------------------------------------------------- public API
+# halab's read-only identity for the probes it runs on nodes (bound to ClusterRole view)
+PROBER_USER = "halab-prober"
+PROBER_GROUP = "halab:probers"
+
+
 def build_pki(cluster_name: str, control_planes: Sequence[tuple[str, str]],
               extra_sans: Sequence[str] = (), service_cidr: str = "10.233.0.0/18",
               etcd_members: Sequence[tuple[str, str]] | None = None,
               front_proxy: bool = True,
-              cluster_domain: str = CLUSTER_DOMAIN) -> dict[str, bytes]:
+              cluster_domain: str = CLUSTER_DOMAIN,
+              nodes: Sequence[str] = ()) -> dict[str, bytes]:
     """Every certificate and key of one lab, as {relative path: PEM bytes}.
 
     control_planes: (node name, node IP) for each kube-apiserver.
     etcd_members: (node name, node IP) for each etcd member (default: the
     control planes, i.e. stacked etcd).
     extra_sans: added to every API server certificate (LB IP/name, VIP).
+    nodes: node names that get a kubelet identity (`nodes/<name>.crt`).
     """
     if not control_planes:
         raise ValueError("build_pki needs at least one control plane")
@@ -182,6 +196,8 @@ def build_pki(cluster_name: str, control_planes: Sequence[tuple[str, str]],
 
     ca = _CA(f"{cluster_name}-ca")
     files["ca.crt"], files["ca.key"] = ca.pem()
+    etcd_ca = _CA(f"{cluster_name}-etcd-ca")
+    files["etcd-ca.crt"], files["etcd-ca.key"] = etcd_ca.pem()
 
     for name, ip in control_planes:
         files[f"apiserver/{name}.crt"], files[f"apiserver/{name}.key"] = ca.issue(
@@ -190,20 +206,25 @@ def build_pki(cluster_name: str, control_planes: Sequence[tuple[str, str]],
 
     for name, ip in etcd_members:
         etcd_sans = [name, str(ip), "localhost", "127.0.0.1"]
-        files[f"etcd/{name}-server.crt"], files[f"etcd/{name}-server.key"] = ca.issue(
+        files[f"etcd/{name}-server.crt"], files[f"etcd/{name}-server.key"] = etcd_ca.issue(
             name, usages=BOTH, sans=etcd_sans)
-        files[f"etcd/{name}-peer.crt"], files[f"etcd/{name}-peer.key"] = ca.issue(
+        files[f"etcd/{name}-peer.crt"], files[f"etcd/{name}-peer.key"] = etcd_ca.issue(
             name, usages=BOTH, sans=etcd_sans)
+    files["apiserver-etcd-client.crt"], files["apiserver-etcd-client.key"] = etcd_ca.issue(
+        "kube-apiserver-etcd-client", usages=CLIENT)
 
     clients = {
-        "apiserver-etcd-client": ("kube-apiserver-etcd-client", ()),
         "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ("system:masters",)),
         "admin": ("kubernetes-admin", ("system:masters",)),
         "controller-manager": ("system:kube-controller-manager", ()),
         "scheduler": ("system:kube-scheduler", ()),
+        "prober": (PROBER_USER, (PROBER_GROUP,)),
     }
     for base, (cn, orgs) in clients.items():
         files[f"{base}.crt"], files[f"{base}.key"] = ca.issue(cn, orgs, usages=CLIENT)
+    for node in nodes:
+        files[f"nodes/{node}.crt"], files[f"nodes/{node}.key"] = ca.issue(
+            f"system:node:{node}", ("system:nodes",), usages=CLIENT)
 
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     files["sa.key"] = _key_pem(sa)
@@ -226,6 +247,7 @@ def lab_pki(topo) -> dict[str, bytes]:
         extra_sans=topo.api_sans(),
         service_cidr=str(topo.scenario.service_cidr),
         etcd_members=[(n.name, str(n.ip)) for n in topo.etcd_members],
+        nodes=[n.name for n in (*topo.control_planes, *topo.workers)],
     )
 
 

@@ -47,8 +47,31 @@ def admin_kubeconfig(topo: Topology, pki: dict, current: str | None = None) -> d
 def write_kubeconfigs(lab: Lab, topo: Topology, pki: dict, provider) -> None:
     """The lab kubeconfig on the host; on each worker the one its kubelet path uses."""
     kubeconfig.write(lab.kubeconfig, admin_kubeconfig(topo, pki))
-    kubeconfig.put_worker_kubeconfigs(topo, provider, pki["ca.crt"], pki["admin.crt"],
-                                      pki["admin.key"])
+    kubeconfig.put_worker_kubeconfigs(
+        topo, provider, pki["ca.crt"], (pki["prober.crt"], pki["prober.key"]),
+        {w.name: (pki[f"nodes/{w.name}.crt"], pki[f"nodes/{w.name}.key"]) for w in topo.workers})
+
+
+PROBER_BINDING = """apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: halab-prober
+  labels: {app.kubernetes.io/managed-by: halab}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "%s"}
+"""
+
+
+def bind_prober(lab: Lab, provider) -> None:
+    """halab's probes on nodes may read, nothing else (ClusterRole view)."""
+    r = provider.run("client", [provider.kubectl, f"--kubeconfig={lab.kubeconfig}",
+                                "--request-timeout=20s", "apply", "-f", "-"],
+                     timeout=60, input=PROBER_BINDING % pkilib.PROBER_GROUP)
+    if r.returncode != 0:
+        raise HalabError(f"could not give halab's prober its read-only role: "
+                         f"{(r.stderr or r.stdout).strip()[-300:]}",
+                         hint="run `halab deploy` again")
 
 
 def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
@@ -73,6 +96,7 @@ def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
         progress("waiting for every access path to answer /readyz")
         from lab.deploy.verify import wait_ready
         ready = wait_ready(lab, topo, provider, timeout=timeout, progress=progress)
+        bind_prober(lab, provider)
     seconds = round(time.monotonic() - t0, 1)
     lab.update(deploy={"state": "deployed", "deployer": "static", "seconds": seconds,
                        "ready_paths": ready})

@@ -9,6 +9,7 @@ import json
 import time
 from dataclasses import dataclass
 
+from lab.deploy.kubeconfig import PROBER_KUBECONFIG
 from lab.model.topology import AccessPath, Topology
 
 
@@ -37,7 +38,7 @@ def etcd_probe_argv(lab, topo: Topology, provider, interval: float = 1.0,
     pki = lab.path / "pki"
     eps = ",".join(f"https://{m.ip}:2379" for m in topo.etcd_members)
     return prober_argv(provider, "client") + [
-        "--mode", "etcd", "--etcd-endpoints", eps, "--ca", str(pki / "ca.crt"),
+        "--mode", "etcd", "--etcd-endpoints", eps, "--ca", str(pki / "etcd-ca.crt"),
         "--cert", str(pki / "apiserver-etcd-client.crt"),
         "--key", str(pki / "apiserver-etcd-client.key"),
         "--interval", str(interval), "--timeout", str(timeout)]
@@ -126,7 +127,7 @@ def check_path(lab, topo, provider, path: AccessPath, timeout: str = "3s") -> Ch
         ok = cp.returncode == 0 and out == "ok"
         detail = "ok" if ok else _first_line(cp.stderr or out)
     else:
-        kc = provider.layout(path.runs_on).p("kubeconfig")
+        kc = provider.layout(path.runs_on).p(PROBER_KUBECONFIG)
         argv = node_probe_command(prober_argv(provider, path.runs_on), kc,
                                   float(timeout.rstrip("s")))
         cp = provider.run(path.runs_on, argv, timeout=15)

@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from lab.errors import HalabError
-from lab.deploy.kubeconfig import default_context
+from lab.deploy.kubeconfig import PROBER_KUBECONFIG, default_context
 from lab.deploy.verify import api_servers, etcd_probe_argv, etcd_view, one_shot_etcd, prober_argv
 from lab.drill import expect, faults as faultlib, journal as jlib, verdict as verdictlib
 
@@ -145,7 +145,7 @@ def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[Pr
         if p.runs_on == "client":
             kc, node = str(lab.kubeconfig), CLIENT
         else:
-            kc, node = provider.layout(p.runs_on).p("kubeconfig"), p.runs_on
+            kc, node = provider.layout(p.runs_on).p(PROBER_KUBECONFIG), p.runs_on
         ctx = path_context(topo, p)
         specs.append(ProbeSpec(p.key, "read", node, prober_argv(provider, node) + [
             "--mode", "read", "--kubeconfig", kc, *(["--context", ctx] if ctx else []),
