@@ -8,7 +8,7 @@ set -euo pipefail
 NODE_NAME=${1:?node name}
 # shellcheck disable=SC2034  # NODE_IP is used by lib.sh's lab_iface
 NODE_IP=${2:?node address}
-FILES=/tmp/halab
+FILES=/var/lib/halab/provision   # common.sh put the lab files there (root, 0700)
 # shellcheck source=/dev/null
 source "$FILES/lab.env"
 # shellcheck source=/dev/null
@@ -79,7 +79,10 @@ fi
 
 step "SSH key that kubespray uses to reach the nodes"
 install -d -m 700 /root/.ssh
-install -m 600 "$FILES/id_ed25519" /root/.ssh/id_ed25519
+if [ -f "$FILES/id_ed25519" ]; then
+  install -m 600 "$FILES/id_ed25519" /root/.ssh/id_ed25519
+  rm -f "$FILES/id_ed25519"      # one copy of the private key, where ssh uses it
+fi
 install -m 644 "$FILES/authorized_keys" /root/.ssh/id_ed25519.pub
 known=/root/.ssh/known_hosts
 for node in $LAB_NODES; do

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Common node setup for every halab node: time zone, hosts, swap, kernel
 # modules, sysctl, lab NIC routing and SSH access with the lab's key.
-# Usage: common.sh NODE_NAME NODE_IP ROLE   (lab settings in /tmp/halab/lab.env)
+# Usage: common.sh NODE_NAME NODE_IP ROLE   (lab files uploaded to /tmp/halab/files)
 # Idempotent: safe to run again (`halab provision`); installs nothing that is present.
 set -euo pipefail
 
 NODE_NAME=${1:?node name}
 NODE_IP=${2:?node address}
 ROLE=${3:?node role}
-FILES=/tmp/halab
+# the uploaded files move into a root-owned 0700 folder before anything reads them
+FILES=/var/lib/halab/provision
+install -d -m 0700 -o root -g root /var/lib/halab
+rm -rf "$FILES"
+install -d -m 0700 -o root -g root "$FILES"
+cp -R /tmp/halab/files/. "$FILES/"
+chown -R root:root "$FILES"
+chmod -R go-rwx "$FILES"
+rm -rf /tmp/halab
 # shellcheck source=/dev/null
 source "$FILES/lab.env"
 # shellcheck source=/dev/null

@@ -179,7 +179,7 @@ def test_scripts_pass_bash_n_and_shellcheck(name, labs):
         assert os.access(lab_dir / rel, os.X_OK), f"{rel} is not executable"
         proc = _run(["bash", "-n", str(lab_dir / rel)])
         assert proc.returncode == 0, _explain(proc)
-    # the helpers they source travel in files/ (uploaded to /tmp/halab)
+    # the helpers they source travel in files/ (uploaded, then moved to a root-only folder)
     proc = _run(["bash", "-n", str(lab_dir / "files/lib.sh")])
     assert proc.returncode == 0, _explain(proc)
     proc = _run(["shellcheck", "--shell=bash", *scripts, "files/lib.sh"], cwd=lab_dir)

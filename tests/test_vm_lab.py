@@ -150,6 +150,12 @@ def test_provisioning_is_offline_and_locked_down(vm_testbed, lab_dir):
     assert "valid" in cp.stdout.lower()
     cp, _ = tb.halab(["ssh", "admin-lb", "--", "sudo", "exportfs", "-v"], lab_dir)
     assert "192.168.124.0/24" in cp.stdout and "*(" not in cp.stdout
+    # the lab files live root-only; the private key exists once, where ssh uses it
+    cp, _ = tb.halab(["ssh", "admin-lb", "--", "sudo", "sh", "-c",
+                      "stat -c '%U %a' /var/lib/halab/provision; test -e /tmp/halab || "
+                      "echo upload-gone; test -e /var/lib/halab/provision/id_ed25519 || "
+                      "echo one-key; stat -c '%a' /root/.ssh/id_ed25519"], lab_dir)
+    assert cp.stdout.split() == ["root", "700", "upload-gone", "one-key", "600"], cp.stdout
 
 
 @pytest.mark.drill
