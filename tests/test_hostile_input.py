@@ -152,3 +152,77 @@ def test_the_grammars_match_in_full():
 def test_the_runbook_names_the_faults_the_drills_know():
     from lab.drill import faults
     assert tuple(faults.FAULTS) == grammar.FAULT_NAMES
+
+
+# ------------------------------------------------------------------ careless and hostile files
+
+def _validate(tmp_path, text: str | bytes):
+    from click.testing import CliRunner
+    from lab.cli import main
+    path = tmp_path / "s.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    r = CliRunner(env={"HALAB_DEBUG": None}).invoke(main, ["validate", str(path)])
+    assert isinstance(r.exception, SystemExit) or r.exception is None, repr(r.exception)
+    return r
+
+
+@pytest.mark.parametrize("text, says", [
+    ("extends: case2\nname:\n", "name: is empty"),
+    ("extends: case2\nname: x\ncase:\n", "case: is empty"),
+    ("extends: case2\nname: x\ncase: true\n", "case = True: must be the number 1, 2 or 3"),
+    ("extends: case2\nname: x\ncase: 2.0\n", "case = 2.0: must be the number 1, 2 or 3"),
+    ("extends: case2\nname: x\nname: y\n", "key 'name' appears twice"),
+    ("extends: case2\nname: x\nnetwork: {subnet: 127.0.0.0/24}\n", "is a loopback range"),
+    ("extends: case2\nname: x\nnetwork: {subnet: 224.0.0.0/24}\n", "is a multicast range"),
+    ("extends: case2\nname: x\nnetwork: {subnet: 8.8.8.0/24}\n", "is a public range"),
+    ("extends: case2\nname: x\nnetwork: {lb_name: k8s-node1}\n", "is the name of a node"),
+    ("extends: case2\nname: x\nnode_prefix: etcd\netcd: {topology: external}\n",
+     "gives nodes the names other nodes have (etcd1"),
+    ("extends: case2\nname: x\ndrills: [{fault: kil, target: k8s-node1}]\n",
+     "drills[0].fault = 'kil': is not a fault; fix: did you mean 'kill'?"),
+    ("extends: case2\nname: x\ndrills: [{fault: kill, target: k8s-nod1}]\n",
+     "drills[0].target = 'k8s-nod1': names no node"),
+    ("extends: case2\nname: x\nkubespray: {repo: 'file:///etc'}\n", "must be an https:// git URL"),
+    ("extends: case2\nname: x\nkubespray: {repo: '--upload-pack=x'}\n", "must be an https:// git URL"),
+    ("extends: case2\nname: x\nprovider_options: {libvirt: {emulator_path: '/usr/bin/qemu;id'}}\n",
+     "emulator_path = '/usr/bin/qemu;id': must be an absolute path"),
+    ("extends: case2\nname: x\nnfs: {path: /}\n", "nfs.path = '/': must be an absolute path"),
+    ("extends: case2\nname: x\nnfs: {path: /etc}\n", "is a system folder"),
+    ("extends: case2\nname: x\nnfs: {path: '/srv/a * (rw,no_root_squash)'}\n", "nfs.path"),
+    ("extends: case2\nname: x\nhaproxy: {stats_path: \"/s\\nglobal\"}\n", "haproxy.stats_path"),
+    ("extends: case2\nname: x\nhaproxy: {healthcheck: {path: \"/readyz\\n  external-check\"}}\n",
+     "haproxy.healthcheck.path"),
+    ("extends: case2\nname: \"x\\n\"\n", "name = 'x\\n'"),
+    ("extends: case2\nname: x\nbox: {name: 'bento/#{%x(touch /tmp/x)}rocky'}\n", "box.name"),
+    ("extends: case2\nname: x\nprovider_options: {virtualbox: {group: \"/halab\\\"; system('id')\"}}\n",
+     "provider_options.virtualbox.group"),
+    ("extends: case2\nname: x\nhaproxy: {stats_port: 22}\n", "is taken on admin-lb by SSH"),
+])
+def test_a_careless_or_hostile_file_gets_one_clear_line(tmp_path, text, says):
+    r = _validate(tmp_path, text)
+    assert r.exit_code == 2, r.output
+    assert says in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_a_latin1_file_names_the_line_and_the_fix(tmp_path):
+    r = _validate(tmp_path, "extends: case2\nname: x\ndescription: caf\xe9\n".encode("latin-1"))
+    assert r.exit_code == 2 and "line 3: not UTF-8" in r.output and "UTF-8" in r.output
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        prev, cur = chr(96 + i), chr(97 + i)
+        lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    t0 = time.monotonic()
+    r = _validate(tmp_path, "\n".join(lines) + "\n")
+    assert time.monotonic() - t0 < 2
+    assert r.exit_code == 2 and "aliases" in r.output
+
+
+def test_a_huge_unknown_value_is_cut_in_the_message(tmp_path):
+    r = _validate(tmp_path, "extends: case2\nname: x\nnotakey: " + "A" * 200_000 + "\n")
+    assert r.exit_code == 2 and "unknown key" in r.output
+    assert len(r.output) < 2000 and "characters)" in r.output

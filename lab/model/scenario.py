@@ -575,7 +575,7 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
 
     name = d["name"]
     if name is None and "name" in data:
-        chk.error("name", None, "is empty", "give the lab a name, e.g. `name: case2-alice`")
+        chk.error("name", MISSING, "is empty", "give the lab a name, e.g. `name: case2-alice`")
     elif name is not None and not grammar.LAB_NAME.ok(name):
         chk.error("name", name, "must be 1-20 characters: lowercase letters, digits, '-', "
                   "starting with a letter (it names VMs, namespaces and kubeconfig contexts)",
@@ -583,7 +583,7 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
         name = None
     case = d["case"]
     if case is None and "case" in data:
-        chk.error("case", None, "is empty", "choose `case: 1`, `2` or `3`")
+        chk.error("case", MISSING, "is empty", "choose `case: 1`, `2` or `3`")
     elif case is not None and (isinstance(case, bool) or not isinstance(case, int)):
         chk.error("case", case, "must be the number 1, 2 or 3", "write e.g. `case: 2`")
         case = None
