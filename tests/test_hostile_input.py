@@ -226,3 +226,11 @@ def test_a_huge_unknown_value_is_cut_in_the_message(tmp_path):
     r = _validate(tmp_path, "extends: case2\nname: x\nnotakey: " + "A" * 200_000 + "\n")
     assert r.exit_code == 2 and "unknown key" in r.output
     assert len(r.output) < 2000 and "characters)" in r.output
+
+
+def test_the_readme_documents_every_grammar():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, g in vars(grammar).items():
+        if isinstance(g, grammar.Grammar):
+            assert g.says in readme, f"README lacks the grammar of {name}: {g.says!r}"
