@@ -18,9 +18,9 @@ KUBESPRAY_VENV=/root/kubespray-venv
 INVENTORY_DIR=$KUBESPRAY_DIR/inventory/$LAB_NAME
 
 install_if_changed() {
-  # install_if_changed SRC DEST: copy and report whether the content changed
+  # install_if_changed SRC DEST [MODE]: copy and report whether the content changed
   if [ -f "$2" ] && cmp -s "$1" "$2"; then return 1; fi
-  install -D -m 644 "$1" "$2"
+  install -D -m "${3:-644}" "$1" "$2"
   return 0
 }
 
@@ -57,8 +57,8 @@ if [ "$LAB_LOAD_BALANCER" = yes ]; then
     ka=$(mktemp)
     sed "s/@LAB_IFACE@/$iface/g" "$FILES/$NODE_NAME/keepalived.conf" > "$ka"
     keepalived -t -f "$ka"
-    if install_if_changed "$ka" /etc/keepalived/keepalived.conf || ! systemctl is-active -q keepalived; then
-      chmod 600 /etc/keepalived/keepalived.conf
+    # 0600 from the first byte: it holds the VRRP password
+    if install_if_changed "$ka" /etc/keepalived/keepalived.conf 600 || ! systemctl is-active -q keepalived; then
       systemctl enable keepalived >/dev/null 2>&1 || true
       systemctl restart keepalived
     fi

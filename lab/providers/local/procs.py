@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from lab.model.services import ServiceSpec
+from lab.state import write_atomically
 from lab.providers.local.netns import exec_prefix
 
 
@@ -102,11 +103,8 @@ class Supervisor:
         for path, content in spec.files.items():
             p = Path(path)
             p.parent.mkdir(parents=True, exist_ok=True)
-            mode = 0o600 if p.suffix == ".key" or "kubeconfig" in p.name else 0o644
-            if isinstance(content, str):
-                content = content.encode()
-            p.write_bytes(content)
-            p.chmod(mode)
+            secret = p.suffix == ".key" or "kubeconfig" in p.name or p.name == "keepalived.conf"
+            write_atomically(p, content, mode=0o600 if secret else 0o644)
         log = self.log(spec.node, spec.name)
         log.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile(spec.node, spec.name).parent.mkdir(parents=True, exist_ok=True)
