@@ -205,3 +205,12 @@ def test_a_malformed_kubeconfig_is_a_clear_error(tmp_path):
         with pytest.raises(HalabError) as err:
             kc.load(bad)
         assert str(bad) in err.value.message and err.value.hint
+
+
+def test_a_lab_opens_when_its_local_kubespray_source_is_gone(tmp_path):
+    src = tmp_path / "kubespray-2.29.1"
+    src.mkdir()
+    lab, built, path = _built_lab(tmp_path, SCENARIO + f"kubespray: {{source: {src}}}\n")
+    src.rmdir()
+    path.unlink()
+    assert commands.scenario_of(lab).kubespray.source == str(src)

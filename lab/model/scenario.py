@@ -567,8 +567,12 @@ def os_family(os_name: str) -> str | None:
     return OS_FAMILIES.get(os_name.split("-")[0])
 
 
-def build(data: dict, source: str, origins: dict) -> Scenario:
-    """Validate merged scenario data and freeze it. Raises ScenarioError."""
+def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Scenario:
+    """Validate merged scenario data and freeze it. Raises ScenarioError.
+
+    `recorded`: the data comes from a lab's record, validated when the lab was built;
+    files it names (a local kubespray source) may be gone since, and a lab must still
+    open (to be destroyed, at least)."""
     chk = _Checker(source, origins)
     raw = copy.deepcopy(data)
     d = _check_keys(data, SCHEMA, chk)
@@ -709,7 +713,7 @@ def build(data: dict, source: str, origins: dict) -> Scenario:
     if ks_source != "git" and not grammar.LOCAL_SOURCE.ok(ks_source):
         chk.error("kubespray.source", ks_source, f"must be `git` or {grammar.LOCAL_SOURCE.says}",
                   f"e.g. `source: {grammar.LOCAL_SOURCE.example}`")
-    elif ks_source != "git":
+    elif ks_source != "git" and not recorded:
         if not Path(ks_source).expanduser().exists():
             chk.error("kubespray.source", ks_source, "is neither `git` nor an existing local "
                       "kubespray folder or .tar.gz", "use `git`, or a path to a kubespray "
@@ -987,7 +991,7 @@ def _replace(s: Scenario, **kw) -> Scenario:
 def from_record(raw: dict, source: str) -> Scenario:
     """The scenario a lab was built from, rebuilt from its record (not from the YAML,
     which may have been edited or deleted since)."""
-    return build(copy.deepcopy(raw), source, {})
+    return build(copy.deepcopy(raw), source, {}, recorded=True)
 
 
 def as_record(s: Scenario) -> dict:
