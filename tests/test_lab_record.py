@@ -214,3 +214,20 @@ def test_a_lab_opens_when_its_local_kubespray_source_is_gone(tmp_path):
     src.rmdir()
     path.unlink()
     assert commands.scenario_of(lab).kubespray.source == str(src)
+
+
+def test_destroy_works_from_the_record_when_its_scenario_no_longer_validates(tmp_path, monkeypatch):
+    """A record an older halab wrote may fail today's checks; its lab must still go."""
+    from lab.app import lab as app
+    from lab.providers import local
+    lab, built, path = _built_lab(tmp_path)
+    rec = lab.record()
+    broken = dict(rec.scenario, nfs={"enabled": True, "path": "/etc"})   # refused now
+    lab.update(scenario=broken, provider="local",
+               resources={"namespace": ["halab-rec.net", "halab-rec-k8s-node1"]})
+    deleted = []
+    monkeypatch.setattr(local.provider, "destroy_namespaces",
+                        lambda names, progress: deleted.extend(names) or [])
+    app.destroy(lab)
+    assert deleted == ["halab-rec.net", "halab-rec-k8s-node1"]   # exactly the record's
+    assert not lab.path.exists()

@@ -10,7 +10,8 @@ from pathlib import Path
 from lab.deploy import kubeconfig as kc
 from lab import render
 from lab.app import echo, echo_step, print_warnings
-from lab.errors import HalabError
+from lab import providers
+from lab.errors import HalabError, ScenarioError
 from lab.state import Lab, labs_root
 from lab.table import table
 from lab.model.topology import Topology
@@ -22,7 +23,6 @@ def open_lab(lab: Lab, k8s_bin_dir: str | None = None, need_k8s: bool = False):
     must be found now (a lab made with `up --no-deploy` has none recorded yet); the
     folder found is recorded in the lab state for later verbs.
     """
-    from lab import providers
     rec = lab.record()
     s = scenario_of(lab, rec)
     topo = Topology.of(s)
@@ -61,7 +61,6 @@ def _resolve_k8s(explicit: str | None, required: bool) -> str | None:
 
 def up(scenario_ref: str, provider: str | None, deploy: bool, labs_dir: str | None,
        k8s_bin_dir: str | None, doctor: bool = True) -> Lab:
-    from lab import providers
     from lab.model import scenario
     s = scenario.load(scenario_ref, provider=provider)
     print_warnings(s.warnings)
@@ -262,11 +261,17 @@ def destroy(lab: Lab, confirm=None) -> None:
     """Remove exactly what the lab's record lists. `confirm(question)` may say no
     (the CLI asks at a terminal unless --force)."""
     with lab.lock("destroy"):
-        s, topo, prov = open_lab(lab)
         rec = lab.record()
-        what = f"{len(topo.nodes)} {'VMs' if s.provider != 'local' else 'nodes'}"
-        if confirm and not confirm(f"destroy lab {lab.name} ({what}, Case {s.case}, "
-                                   f"{s.provider})?"):
+        try:
+            s, topo, prov = open_lab(lab)
+            what = f"{len(topo.nodes)} {'VMs' if s.provider != 'local' else 'nodes'}, " \
+                   f"Case {s.case}, {s.provider}"
+        except ScenarioError as exc:     # a record an older halab wrote
+            prov = None
+            what = rec.provider or "unknown provider"
+            echo(f"  warning: the lab's recorded scenario no longer passes halab's checks "
+                 f"({exc.problems[0].line()}); removing what the record lists", err=True)
+        if confirm and not confirm(f"destroy lab {lab.name} ({what})?"):
             echo("halab: nothing was destroyed")
             return
         if rec.kubeconfig_merged:
@@ -281,7 +286,8 @@ def destroy(lab: Lab, confirm=None) -> None:
                      f"{', '.join(n.split('/', 1)[1] for n in rec.kubeconfig_merged if n.startswith('contexts/'))}"
                      " by hand", err=True)
             lab.update(kubeconfig_merged=[])
-        left = prov.destroy(progress=echo_step)
+        left = prov.destroy(progress=echo_step) if prov else \
+            providers.destroy_recorded(lab, progress=echo_step)
         if left:
             raise HalabError(f"destroy left: {', '.join(left)}",
                              hint="run `halab destroy` again; the lab folder and its record "

@@ -12,3 +12,14 @@ def for_lab(lab: Lab, topo: Topology, k8s_bin_dir: str | None = None):
         return LocalProvider(lab, topo, k8s_bin_dir)
     from lab.providers.vagrant.provider import VagrantProvider
     return VagrantProvider(lab, topo, k8s_bin_dir)
+
+
+def destroy_recorded(lab: Lab, progress=lambda m: None) -> list[str]:
+    """Remove what a lab's record lists without opening its scenario (a record an
+    older halab wrote may no longer pass today's checks; its lab must still go)."""
+    rec = lab.record()
+    if rec.provider == "local":
+        from lab.providers.local.provider import destroy_namespaces
+        return destroy_namespaces(rec.names("namespace"), progress)
+    from lab.providers.vagrant.provider import destroy_vms
+    return destroy_vms(lab, rec.provider, rec.names("libvirt_network"), progress)

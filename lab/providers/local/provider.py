@@ -319,3 +319,18 @@ def haproxy_show_stat(sock: Path, timeout: float = 2.0) -> list[dict]:
             chunks.append(data)
     text = b"".join(chunks).decode().lstrip("# ")
     return list(csv.DictReader(io.StringIO(text)))
+
+
+def destroy_namespaces(names: list[str], progress=lambda m: None) -> list[str]:
+    """Kill what runs in these namespaces (by PID), delete them; returns what is left."""
+    for ns in names:
+        if netns.exists(ns):
+            cp = netns.sh(["ip", "netns", "pids", ns], check=False)
+            for pid in cp.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+        netns.delete(ns)
+        progress(f"deleted namespace {ns}")
+    return [f"namespace {ns}" for ns in names if netns.exists(ns)]

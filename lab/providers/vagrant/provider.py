@@ -593,3 +593,14 @@ def power_off_argv(provider: str, lab: str, node: str) -> list[str]:
     if provider == "libvirt":
         return virsh("destroy", MachineNames(lab).domain(node))
     return ["VBoxManage", "controlvm", MachineNames(lab).virtualbox_vm(node), "poweroff"]
+
+
+def destroy_vms(lab, provider: str, networks: list[str], progress=lambda m: None) -> list[str]:
+    """`vagrant destroy` in the lab folder and the recorded libvirt networks."""
+    vagrant = Vagrant(lab.path, provider, lab.logs)
+    vagrant.destroy()
+    for net in networks:
+        for verb in ("net-destroy", "net-undefine"):
+            subprocess.run(virsh(verb, net), capture_output=True, timeout=60)
+        progress(f"removed libvirt network {net}")
+    return [f"VM {n} ({s})" for n, s in vagrant.status().items() if s != "not_created"]
