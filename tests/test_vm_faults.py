@@ -264,3 +264,12 @@ def test_virsh_talks_to_the_connection_vagrant_libvirt_uses(monkeypatch):
     monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu+unix:///system?socket=/run/x.sock")
     assert vprov.vm_control_argv("libvirt", "c", "n1", "pause") == [
         "virsh", "-c", "qemu+unix:///system?socket=/run/x.sock", "suspend", "halab-c-n1"]
+
+
+def test_a_host_command_gets_its_input(tmp_path):
+    """`kubectl apply -f -` from the host (the prober's role binding) reads stdin."""
+    from lab.model import scenario as scen
+    prov = vprov.VagrantProvider(Lab(tmp_path / "lab"),
+                                 Topology.of(scen.load("case2", provider="libvirt")))
+    assert prov.run("client", ["cat"], input="kind: ClusterRoleBinding\n").stdout == \
+        "kind: ClusterRoleBinding\n"

@@ -63,11 +63,16 @@ subjects:
 """
 
 
-def bind_prober(lab: Lab, provider) -> None:
-    """halab's probes on nodes may read, nothing else (ClusterRole view)."""
-    r = provider.run("client", [provider.kubectl, f"--kubeconfig={lab.kubeconfig}",
-                                "--request-timeout=20s", "apply", "-f", "-"],
-                     timeout=60, input=PROBER_BINDING % pkilib.PROBER_GROUP)
+def bind_prober(lab: Lab, provider, tries: int = 6) -> None:
+    """halab's probes on nodes may read, nothing else (ClusterRole view). An emulated
+    lab's API can be slow for a while after it first answers: a few tries."""
+    for attempt in range(tries):
+        r = provider.run("client", [provider.kubectl, f"--kubeconfig={lab.kubeconfig}",
+                                    "--request-timeout=30s", "apply", "-f", "-"],
+                         timeout=90, input=PROBER_BINDING % pkilib.PROBER_GROUP)
+        if r.returncode == 0:
+            return
+        time.sleep(5)
     if r.returncode != 0:
         raise HalabError(f"could not give halab's prober its read-only role: "
                          f"{(r.stderr or r.stdout).strip()[-300:]}",

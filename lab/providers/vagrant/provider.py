@@ -163,7 +163,8 @@ class VagrantProvider:
     def run(self, node: str, argv, timeout: float = 60, input: str | None = None):
         if node == "client":  # the student's laptop is this host
             try:
-                return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+                return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                      input=input)
             except subprocess.TimeoutExpired as exc:
                 return subprocess.CompletedProcess(argv, 124, exc.stdout or "", "timed out")
         cmd = argv if isinstance(argv, str) else shlex.join(argv)
