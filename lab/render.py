@@ -351,6 +351,9 @@ def write(files: dict[str, str], secrets: LabSecrets, dest: Path) -> None:
     write_atomically(dest / "keys" / "vrrp_password", secrets.vrrp_password + "\n", mode=0o600)
 
 
+LOCAL_STATS_SOCKET = "haproxy.sock"   # in the node's folder (the local provider)
+
+
 def haproxy_runtime(lay: "Layout") -> HAProxyRuntime:
     """The VM's packaged HAProxy, or the local provider's: its socket and pidfile in the
     node's folder, logs on stdout, and its workers as the unprivileged `nobody` (the
@@ -358,7 +361,10 @@ def haproxy_runtime(lay: "Layout") -> HAProxyRuntime:
     if not lay.local:
         return HAProxyRuntime()
     user, group = _unprivileged()
-    return HAProxyRuntime(stats_socket=lay.p("haproxy.sock"), pidfile=lay.p("haproxy.pid"),
+    # relative to the node's folder (HAProxy runs there): a UNIX socket path has room
+    # for 107 bytes, and HAProxy binds `<path>.<pid>.tmp` first, so a lab folder deep
+    # in a home directory (or a test's tmp folder) would not fit
+    return HAProxyRuntime(stats_socket=f"unix@{LOCAL_STATS_SOCKET}", pidfile=lay.p("haproxy.pid"),
                           chroot=None, user=user, group=group, log="stdout format raw")
 
 

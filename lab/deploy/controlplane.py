@@ -162,7 +162,7 @@ def haproxy_spec(topo: Topology, node: Node, lay: Layout) -> ServiceSpec:
     cfg = lay.p("haproxy.cfg")
     text = render.haproxy_cfg(topo, node, haproxy_runtime(lay))
     return ServiceSpec(node.name, "haproxy", (lay.haproxy, "-W", "-db", "-f", cfg),
-                       {cfg: text})
+                       {cfg: text}, cwd=lay.base if lay.local else "")
 
 
 def keepalived_spec(topo: Topology, node: Node, lay: Layout, secrets, iface: str) -> ServiceSpec:

@@ -51,6 +51,7 @@ class ServiceSpec:
     # Both empty: halab runs it itself (a supervised process, or its own unit on a VM).
     unit: str = ""
     manifest: str = ""
+    cwd: str = ""             # the folder it runs in (locally; relative paths in its config)
 
     @property
     def managed(self) -> bool:

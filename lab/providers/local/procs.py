@@ -117,7 +117,8 @@ class Supervisor:
             out.flush()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, **spec.env}, close_fds=True)
+                                    env={**os.environ, **spec.env}, close_fds=True,
+                                    cwd=spec.cwd or None)
         start = None
         for _ in range(50):
             start = _starttime(proc.pid)

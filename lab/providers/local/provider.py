@@ -260,7 +260,7 @@ class LocalProvider:
         return subprocess.Popen(netns.exec_prefix(self.ns(node)) + list(argv), **kw)
 
     def haproxy_socket(self, lb: str) -> Path:
-        return Path(render.haproxy_runtime(self.layout(lb)).stats_socket)
+        return Path(self.layout(lb).p(render.LOCAL_STATS_SOCKET))
 
     def haproxy_stat(self, lb: str, timeout: float = 2.0) -> list[dict]:
         """HAProxy `show stat` rows of a load balancer (its admin socket is a local file)."""
@@ -307,16 +307,21 @@ def _last_line(path: Path) -> str:
 
 def haproxy_show_stat(sock: Path, timeout: float = 2.0) -> list[dict]:
     """`show stat` over the admin socket -> rows (pxname, svname, status, check_status, ...)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock))
-        s.sendall(b"show stat\n")
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
+    # through the folder's descriptor: the full path may exceed a socket path's 107 bytes
+    folder = os.open(sock.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(f"/proc/self/fd/{folder}/{sock.name}")
+            s.sendall(b"show stat\n")
+            chunks = []
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+    finally:
+        os.close(folder)
     text = b"".join(chunks).decode().lstrip("# ")
     return list(csv.DictReader(io.StringIO(text)))
 
