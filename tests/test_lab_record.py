@@ -231,3 +231,15 @@ def test_destroy_works_from_the_record_when_its_scenario_no_longer_validates(tmp
     app.destroy(lab)
     assert deleted == ["halab-rec.net", "halab-rec-k8s-node1"]   # exactly the record's
     assert not lab.path.exists()
+
+
+def test_a_record_from_before_the_resource_lists_still_destroys_exact_names(tmp_path):
+    from lab.model.topology import Topology
+    from lab.providers.local.provider import LocalProvider
+    lab, built, path = _built_lab(tmp_path)
+    prov = LocalProvider(lab, Topology.of(built.with_provider("local")))
+    assert "namespace" not in lab.record().resources
+    assert prov.recorded_namespaces() == prov.namespaces()
+    assert "halab-rec.net" in prov.namespaces() and "halab-rec-k8s-node1" in prov.namespaces()
+    lab.add_resources("namespace", ["halab-rec.net"])
+    assert prov.recorded_namespaces() == ["halab-rec.net"]

@@ -161,8 +161,10 @@ class LocalProvider:
 
     def recorded_namespaces(self) -> list[str]:
         """What the record lists (exact names, never a prefix: lab `case2` must not
-        touch `case2-alice`'s namespaces)."""
-        return self.lab.record().names("namespace")
+        touch `case2-alice`'s namespaces). A record from before halab listed them gets
+        the names this lab's topology gives (exact names too)."""
+        rec = self.lab.record()
+        return rec.names("namespace") if "namespace" in rec.resources else self.namespaces()
 
     def destroy(self, progress=lambda msg: None) -> list[str]:
         """Kill every process, delete every recorded namespace; returns what was left."""

@@ -138,7 +138,10 @@ class VagrantProvider:
         cp = subprocess.run(virsh("net-list", "--all", "--name"), capture_output=True,
                             text=True, timeout=60)
         existing = {n.strip() for n in cp.stdout.splitlines() if n.strip()}
-        return [n for n in self.lab.record().names("libvirt_network") if n in existing]
+        rec = self.lab.record()
+        names = rec.names("libvirt_network") if "libvirt_network" in rec.resources else \
+            MachineNames(self.topo.name).libvirt_networks    # a record from before the lists
+        return [n for n in names if n in existing]
 
     def leftovers(self) -> list[str]:
         states = self.vagrant.status()
