@@ -570,6 +570,9 @@ def os_family(os_name: str) -> str | None:
 def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Scenario:
     """Validate merged scenario data and freeze it. Raises ScenarioError.
 
+    One check per section, in the order the file reads; every problem is collected
+    (`chk`), so the user sees all of them at once.
+
     `recorded`: the data comes from a lab's record, validated when the lab was built;
     files it names (a local kubespray source) may be gone since, and a lab must still
     open (to be destroyed, at least)."""
@@ -577,6 +580,53 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
     raw = copy.deepcopy(data)
     d = _check_keys(data, SCHEMA, chk)
 
+    name, case, provider, deployer, timezone, prefix = _check_identity(chk, d, data)
+    groups, etcd_topology, load_balancer, lb_count = _check_nodes(chk, d, case, provider, deployer)
+    box, box_name, os_name, family = _check_box(chk, d)
+    kube, version, ks_source, network_plugin, worker_proxy = _check_kubespray(
+        chk, d, deployer, provider, os_name, family, recorded)
+    subnet, first, vip, explicit, lb_name = _check_network(chk, d, name, lb_count, load_balancer)
+    health, timeouts, retries, ports, stats_path, vrid, advert = _check_haproxy(chk, d)
+    k8s = _check_kubernetes(chk, d, subnet)
+    nfs, tools, popts = _check_rest(chk, d)
+    _check_memory(chk, groups, deployer, provider, etcd_topology, lb_count)
+
+    provisional = None
+    if not [p for p in chk.problems if p.severity == "error"]:
+        provisional = Scenario(
+            name=name, description=str(d["description"] or ""), case=case, provider=provider,
+            deployer=deployer, timezone=timezone, node_prefix=prefix,
+            box=Box(box_name, box["version"], os_name, family or "rhel",
+                    copy.deepcopy(box["providers"])),
+            network=Network(subnet, first, vip, lb_name, explicit),
+            admin_lb=groups["admin_lb"], load_balancer=load_balancer and lb_count > 0,
+            control_plane=groups["control_plane"], worker=groups["worker"],
+            etcd_topology=etcd_topology, etcd=groups["etcd"],
+            service_cidr=str(k8s["service_cidr"]), pod_cidr=str(k8s["pod_cidr"]),
+            kubespray=Kubespray(version, ks_source, kube["repo"], network_plugin, worker_proxy,
+                                copy.deepcopy(kube["extra_vars"])),
+            haproxy=HAProxy(health, timeouts, retries, ports["stats_port"], stats_path,
+                            ports["prometheus_port"]),
+            keepalived={"virtual_router_id": vrid, "advert_int": advert},
+            nfs_enabled=nfs["enabled"], nfs_path=nfs["path"], admin_tools=tuple(tools),
+            provider_options=copy.deepcopy(popts), drills=tuple(d["drills"]),
+            source=source,
+            raw=raw,
+        )
+        # address plan problems need the node list: the topology reports them
+        from lab.model.topology import plan_problems
+        for p in plan_problems(provisional):
+            chk.problems.append(Problem(chk.file_of(p.field), p.field, p.value, p.message,
+                                        p.fix, p.severity))
+    errors = [p for p in chk.problems if p.severity == "error"]
+    if errors:
+        raise ScenarioError(chk.problems)
+    warnings = tuple(p for p in chk.problems if p.severity != "error")
+    return _replace(provisional, warnings=warnings)
+
+
+def _check_identity(chk, d, data):
+    """The lab's name, its Case, provider, deployer, time zone and node names."""
     name = d["name"]
     if name is None and "name" in data:
         chk.error("name", MISSING, "is empty", "give the lab a name, e.g. `name: case2-alice`")
@@ -610,7 +660,11 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
         chk.error("node_prefix", prefix, "must be 1-13 lowercase letters, digits or '-'",
                   "e.g. `node_prefix: k8s-node`")
         prefix = "k8s-node"
+    return name, case, provider, deployer, timezone, prefix
 
+
+def _check_nodes(chk, d, case, provider, deployer):
+    """Node groups, etcd's topology and quorum, and the load balancer each Case needs."""
     groups = {}
     for role, low in (("admin_lb", 0), ("control_plane", 1), ("worker", 0), ("etcd", 1)):
         g = d[role]
@@ -652,7 +706,11 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
                   "available; one admin node runs kubespray", "use `admin_lb: {count: 1}`")
     if deployer == "kubespray" and lb_count == 0 and provider != "local":
         chk.error("admin_lb.count", 0, "kubespray runs on the admin-lb node", "use count 1")
+    return groups, etcd_topology, load_balancer, lb_count
 
+
+def _check_box(chk, d):
+    """The Vagrant box and its OS."""
     # box and OS
     box = d["box"]
     box_name = _grammar(chk, "box.name", box["name"], grammar.BOX_NAME)
@@ -685,7 +743,11 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
                 chk.error(f"box.providers.{prov}.{key}", override[key], "unknown key",
                           (f"did you mean 'box.providers.{prov}.{close[0]}'? " if close else "")
                           + "a box override has only `name` and `version`")
+    return box, box_name, os_name, family
 
+
+def _check_kubespray(chk, d, deployer, provider, os_name, family, recorded):
+    """The kubespray release, where it comes from, and its variables."""
     kube = d["kubespray"]
     version = kube["version"]
     vm = _VERSION.fullmatch(version) if isinstance(version, str) else None
@@ -726,7 +788,11 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
             chk.error(f"kubespray.extra_vars.{var}", kube["extra_vars"][var],
                       "is set by halab from `case` (overriding it silently changes the Case)",
                       "remove it and choose `case: 1`, `2` or `3`")
+    return kube, version, ks_source, network_plugin, worker_proxy
 
+
+def _check_network(chk, d, name, lb_count, load_balancer):
+    """The lab subnet, the address plan's fixed points, the VIP and the LB's name."""
     # network and addresses
     net = d["network"]
     subnet = None
@@ -798,7 +864,11 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
         chk.error("network.lb_name", lb_name, f"is not {grammar.DNS_NAME.says}",
                   "e.g. `lb_name: k8s-api.lab`")
         lb_name = None
+    return subnet, first, vip, explicit, lb_name
 
+
+def _check_haproxy(chk, d):
+    """HAProxy's checks, timeouts and ports, and keepalived's VRRP settings."""
     # haproxy
     hp = d["haproxy"]
     hc = hp["healthcheck"]
@@ -840,7 +910,11 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
     ka = d["keepalived"]
     vrid = _int(chk, "keepalived.virtual_router_id", ka["virtual_router_id"], 1, 255)
     advert = _int(chk, "keepalived.advert_int", ka["advert_int"], 1, 60)
+    return health, timeouts, retries, ports, stats_path, vrid, advert
 
+
+def _check_kubernetes(chk, d, subnet):
+    """Service and pod ranges: clear of the lab subnet and each other."""
     # kubernetes networks must not overlap the lab subnet, nor each other
     k8s = d["kubernetes"]
     k8s_nets: dict[str, ipaddress.IPv4Network] = {}
@@ -862,7 +936,11 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
             chk.error("kubernetes.pod_cidr", k8s[key],
                       f"overlaps kubernetes.service_cidr {other}",
                       f"use separate ranges, e.g. pod_cidr: {free}")
+    return k8s
 
+
+def _check_rest(chk, d):
+    """The NFS share, admin tools, provider options and the runbook's shape."""
     nfs = d["nfs"]
     if not isinstance(nfs["enabled"], bool):
         chk.error("nfs.enabled", nfs["enabled"], "must be true or false", "write true or false")
@@ -912,7 +990,11 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
     if not isinstance(d["drills"], list):
         chk.error("drills", d["drills"], "must be a list of drill steps",
                   "e.g. `drills: [{fault: kill, target: k8s-node1}]`")
+    return nfs, tools, popts
 
+
+def _check_memory(chk, groups, deployer, provider, etcd_topology, lb_count):
+    """RAM against what kubespray's preinstall checks demand."""
     # memory against what the deployer needs
     if deployer == "kubespray" and provider != "local":
         for role in ("control_plane", "worker") + (("etcd",) if etcd_topology == "external" else ()):
@@ -934,39 +1016,6 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
         if lb_count and groups["admin_lb"].memory < 768:
             chk.error("admin_lb.memory", groups["admin_lb"].memory, "admin-lb runs kubespray "
                       "(ansible) and HAProxy and needs at least 768 MiB", "use 1024")
-
-    provisional = None
-    if not [p for p in chk.problems if p.severity == "error"]:
-        provisional = Scenario(
-            name=name, description=str(d["description"] or ""), case=case, provider=provider,
-            deployer=deployer, timezone=timezone, node_prefix=prefix,
-            box=Box(box_name, box["version"], os_name, family or "rhel",
-                    copy.deepcopy(box["providers"])),
-            network=Network(subnet, first, vip, lb_name, explicit),
-            admin_lb=groups["admin_lb"], load_balancer=load_balancer and lb_count > 0,
-            control_plane=groups["control_plane"], worker=groups["worker"],
-            etcd_topology=etcd_topology, etcd=groups["etcd"],
-            service_cidr=str(k8s["service_cidr"]), pod_cidr=str(k8s["pod_cidr"]),
-            kubespray=Kubespray(version, ks_source, kube["repo"], network_plugin, worker_proxy,
-                                copy.deepcopy(kube["extra_vars"])),
-            haproxy=HAProxy(health, timeouts, retries, ports["stats_port"], stats_path,
-                            ports["prometheus_port"]),
-            keepalived={"virtual_router_id": vrid, "advert_int": advert},
-            nfs_enabled=nfs["enabled"], nfs_path=nfs["path"], admin_tools=tuple(tools),
-            provider_options=copy.deepcopy(popts), drills=tuple(d["drills"]),
-            source=source,
-            raw=raw,
-        )
-        # address plan problems need the node list: the topology reports them
-        from lab.model.topology import plan_problems
-        for p in plan_problems(provisional):
-            chk.problems.append(Problem(chk.file_of(p.field), p.field, p.value, p.message,
-                                        p.fix, p.severity))
-    errors = [p for p in chk.problems if p.severity == "error"]
-    if errors:
-        raise ScenarioError(chk.problems)
-    warnings = tuple(p for p in chk.problems if p.severity != "error")
-    return _replace(provisional, warnings=warnings)
 
 
 K8S_RANGES = {"service_cidr": ("10.233.0.0/18", "10.96.0.0/16", "172.30.0.0/16"),
