@@ -12,6 +12,7 @@ import yaml
 
 from lab.resources import resource_dir
 from lab.state import write_atomically
+from lab.model import kubespray_releases
 from lab.model.scenario import Scenario, duration_seconds
 from lab.model.services import Layout
 from lab.model.topology import API_PORT, MachineNames, Node, Topology
@@ -222,6 +223,15 @@ def inventory_files(topo: Topology) -> dict[str, str]:
 
 # ------------------------------------------------------------------ node files
 
+def controller_python_of(s: Scenario) -> tuple[str, str]:
+    """(command, package) of the Python that builds kubespray's venv on admin-lb: the
+    newest the box's OS offers within the release's range; python3 when halab knows no
+    better (validation has warned about the pair)."""
+    rel = kubespray_releases.release(s.kubespray.version)
+    found = kubespray_releases.controller_python(rel, s.box.os) if rel else None
+    return (found[0], found[1]) if found else ("python3", "python3")
+
+
 def lab_env(topo: Topology) -> str:
     """Settings the provisioning scripts source (shell-quoted)."""
     s = topo.scenario
@@ -243,6 +253,9 @@ def lab_env(topo: Topology) -> str:
         "LAB_KUBESPRAY_REPO": s.kubespray.repo,
         "LAB_DEPLOYER": s.deployer,
         "LAB_NODES": " ".join(n.name for n in topo.nodes),
+        # the Python kubespray's Ansible runs on (Rocky/Alma 9's python3 is 3.9: too old)
+        **dict(zip(("LAB_CONTROLLER_PYTHON", "LAB_CONTROLLER_PYTHON_PKG"),
+                   controller_python_of(s))),
     }
     lines = ["# Lab settings for the provisioning scripts, rendered by halab."]
     lines += [f"{k}={shlex.quote(v)}" for k, v in values.items()]

@@ -102,8 +102,9 @@ done
 
 if [ "$LAB_DEPLOYER" = kubespray ]; then
   step "kubespray $LAB_KUBESPRAY_VERSION in $KUBESPRAY_DIR"
-  if [ "$LAB_OS_FAMILY" = rhel ]; then pkg_install git:git python3:python3
-  else pkg_install git:git python3:python3; fi
+  # kubespray's Ansible needs a newer Python than some boxes' python3 (Rocky/Alma 9: 3.9);
+  # halab chose one the OS itself carries (AppStream's python3.12 on EL 9)
+  pkg_install git:git "$LAB_CONTROLLER_PYTHON:$LAB_CONTROLLER_PYTHON_PKG"
   if [ -d "$KUBESPRAY_DIR/.git" ]; then
     current=$(git -C "$KUBESPRAY_DIR" describe --tags --exact-match 2>/dev/null || echo unknown)
     if [ "$current" != "$LAB_KUBESPRAY_VERSION" ]; then
@@ -120,15 +121,21 @@ if [ "$LAB_DEPLOYER" = kubespray ]; then
     exit 1
   fi
   stamp=$KUBESPRAY_VENV/.halab-requirements
-  if [ ! -f "$stamp" ] || ! cmp -s "$KUBESPRAY_DIR/requirements.txt" "$stamp"; then
-    step "kubespray's pinned requirements into $KUBESPRAY_VENV"
-    if [ "$LAB_OS_FAMILY" = rhel ]; then pkg_install pip3:python3-pip
-    else python3 -m venv --help >/dev/null 2>&1 || pkg_install "pip3:python3-venv"; fi
-    python3 -m venv "$KUBESPRAY_VENV"
+  want=$(mktemp)
+  { cat "$KUBESPRAY_DIR/requirements.txt"; echo "# python: $LAB_CONTROLLER_PYTHON"; } > "$want"
+  if [ ! -f "$stamp" ] || ! cmp -s "$want" "$stamp"; then
+    step "kubespray's pinned requirements into $KUBESPRAY_VENV ($("$LAB_CONTROLLER_PYTHON" -V 2>&1))"
+    if [ "$LAB_OS_FAMILY" != rhel ] && ! "$LAB_CONTROLLER_PYTHON" -c 'import ensurepip' 2>/dev/null; then
+      step "installing python3-venv (venv without ensurepip cannot install pip)"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+    fi
+    rm -rf "$KUBESPRAY_VENV"
+    "$LAB_CONTROLLER_PYTHON" -m venv "$KUBESPRAY_VENV"
     "$KUBESPRAY_VENV/bin/pip" install -q -U pip
     "$KUBESPRAY_VENV/bin/pip" install -q -r "$KUBESPRAY_DIR/requirements.txt"
-    cp "$KUBESPRAY_DIR/requirements.txt" "$stamp"
+    cp "$want" "$stamp"
   fi
+  rm -f "$want"
   step "inventory $INVENTORY_DIR"
   if [ ! -d "$INVENTORY_DIR" ]; then
     cp -a "$KUBESPRAY_DIR/inventory/sample" "$INVENTORY_DIR"

@@ -727,7 +727,7 @@ def test_cli_deploy_end_to_end_then_verify(live, sshd_server, monkeypatch):
     res = _cli("deploy", "--lab", "case2", "--labs-dir", str(ll.lab.path.parent), "--tags", "preinstall,client")
     assert res.exit_code == 0, res.output
     out = res.output
-    assert "with kubespray v2.29.1" in out and "cluster.yml finished OK" in out
+    assert "with kubespray v2.30.0" in out and "cluster.yml finished OK" in out
     assert f"kubeconfig: {ll.lab.kubeconfig} (context case2-lb)" in out
     assert "all " in out and "checks passed" in out
     contexts = {argv[2] for _, argv in ll.provider.ran if argv[2].startswith("--context=")}

@@ -459,12 +459,36 @@ def test_vip_without_a_pair_warns(tmp_path):
         "admin_lb.count: 2")
 
 
-def test_kubespray_release_without_support_table_warns(tmp_path):
+def test_kubespray_release_halab_does_not_know_warns(tmp_path):
     _accepted_with_warning(tmp_path, """
         extends: case2
         name: warn
+        kubespray: {version: v2.40.0}
+    """, "kubespray.version = 'v2.40.0'", "halab knows kubespray v2.29.1, v2.30.0")
+
+
+def test_a_release_whose_ansible_the_box_python_cannot_run_warns(tmp_path):
+    _accepted_with_warning(tmp_path, """
+        extends: case2
+        name: warn
+        box: {name: bento/ubuntu-22.04, os: ubuntu-22.04}
         kubespray: {version: v2.31.0}
-    """, "kubespray.version = 'v2.31.0'", "no support table")
+    """, "box.os = 'ubuntu-22.04'", "needs Python 3.11-3.13 on admin-lb; ubuntu-22.04 "
+        "offers 3.10")
+
+
+def test_a_provider_override_brings_its_own_os(tmp_path):
+    """The seed's Rocky 10 for VirtualBox, Rocky 9 for libvirt: each checked as itself."""
+    from lab.model import scenario
+    path = tmp_path / "two.yaml"
+    path.write_text("extends: case2\nname: two\nbox: {name: bento/rockylinux-10.0, "
+                    "os: rockylinux-10, providers: {libvirt: {name: generic/rocky9, "
+                    "os: rockylinux-9}}}\n")
+    vbox = scenario.load(str(path))
+    assert vbox.box.os == "rockylinux-10"
+    assert any("experimental" in w.message for w in vbox.warnings)
+    lv = scenario.load(str(path), provider="libvirt")
+    assert lv.box.os == "rockylinux-9" and not lv.warnings
 
 
 def test_bundled_scenarios_validate_without_warnings():
@@ -472,3 +496,36 @@ def test_bundled_scenarios_validate_without_warnings():
         r = halab("validate", name)
         assert r.exit_code == 0, r.stderr
         assert r.stderr == "", r.stderr
+
+
+def test_the_release_table_and_the_controller_python_per_os():
+    from lab.model import kubespray_releases as k
+    assert list(k.RELEASES) == ["v2.29.1", "v2.30.0", "v2.31.0", "v2.32.0"]
+    assert k.RELEASES["v2.29.1"].ansible == "10.7.0" and k.RELEASES["v2.31.0"].ansible == "11.13.0"
+    assert k.release("v2.32.3") is k.RELEASES["v2.32.0"] and not k.RELEASES["v2.32.0"].verified
+    # Rocky/Alma 9's python3 is 3.9: AppStream's 3.12 builds the venv
+    assert k.controller_python(k.RELEASES["v2.30.0"], "rockylinux-9")[:2] == ("python3.12",
+                                                                            "python3.12")
+    assert k.controller_python(k.RELEASES["v2.30.0"], "ubuntu-22.04")[2] == (3, 10)
+    assert k.controller_python(k.RELEASES["v2.31.0"], "ubuntu-22.04") is None
+    assert k.controller_python(k.RELEASES["v2.31.0"], "debian-12")[2] == (3, 11)
+    assert k.controller_python(k.RELEASES["v2.30.0"], "rockylinux-10")[2] == (3, 12)
+    assert "rockylinux-10" not in k.RELEASES["v2.29.1"].supported_os
+    assert "rockylinux-10" in k.RELEASES["v2.30.0"].experimental_os
+
+
+def test_rocky9_admin_lb_builds_kubespray_venv_with_python_3_12(tmp_path):
+    """The first `halab up case2` used to stop at kubespray's pins (python3 3.9)."""
+    import subprocess
+    from lab import render
+    from lab.model import scenario
+    from lab.model.topology import Topology
+    s = scenario.load("case2")
+    env = render.lab_env(Topology.of(s))
+    (tmp_path / "lab.env").write_text(env)
+    out = subprocess.run(["bash", "-c", 'source "$1"; echo "$LAB_CONTROLLER_PYTHON '
+                          '$LAB_CONTROLLER_PYTHON_PKG"', "_", str(tmp_path / "lab.env")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["python3.12", "python3.12"]
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "admin-lb.sh").read_text()
+    assert '"$LAB_CONTROLLER_PYTHON" -m venv "$KUBESPRAY_VENV"' in script

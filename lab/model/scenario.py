@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from lab.errors import MISSING, HalabError, Problem, ScenarioError
-from lab.model import grammar
+from lab.model import grammar, kubespray_releases
 from lab.resources import resource_dir
 
 CASES = (1, 2, 3)
@@ -32,15 +32,7 @@ ADMIN_TOOLS = ("kubectl", "helm", "k9s", "kubecolor", "jq", "git", "tmux")
 OS_FAMILIES = {"rockylinux": "rhel", "almalinux": "rhel", "rhel": "rhel", "centos": "rhel",
                "oraclelinux": "rhel", "ubuntu": "debian", "debian": "debian"}
 
-# Operating systems each kubespray release lists as supported (its README), used
-# only for warnings: an unlisted pair may still work, but the workshop should know.
-KUBESPRAY_SUPPORTED_OS = {
-    (2, 29): {"rockylinux-8", "rockylinux-9", "almalinux-8", "almalinux-9", "ubuntu-22.04",
-              "ubuntu-24.04", "debian-11", "debian-12", "oraclelinux-8", "oraclelinux-9"},
-    (2, 30): {"rockylinux-8", "rockylinux-9", "rockylinux-10", "almalinux-8", "almalinux-9",
-              "almalinux-10", "ubuntu-22.04", "ubuntu-24.04", "debian-12", "debian-13",
-              "oraclelinux-9"},
-}
+# which kubespray release runs on which box: lab/model/kubespray_releases.py
 
 # kubespray's preinstall checks (roles/kubernetes/preinstall/defaults/main.yml):
 # minimal_master_memory_mb 1500, minimal_node_memory_mb 1024, compared with the
@@ -81,7 +73,7 @@ SCHEMA: dict[str, Any] = {
     "etcd": {"topology": "stacked", "count": 3, "cpus": 2, "memory": 1024},
     "kubernetes": {"service_cidr": "10.233.0.0/18", "pod_cidr": "10.233.64.0/18"},
     "kubespray": {
-        "version": "v2.29.1",
+        "version": "v2.30.0",
         "source": "git",
         "repo": "https://github.com/kubernetes-sigs/kubespray.git",
         "network_plugin": "calico",
@@ -582,7 +574,7 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
 
     name, case, provider, deployer, timezone, prefix = _check_identity(chk, d, data)
     groups, etcd_topology, load_balancer, lb_count = _check_nodes(chk, d, case, provider, deployer)
-    box, box_name, os_name, family = _check_box(chk, d)
+    box, box_name, os_name, family = _check_box(chk, d, provider)
     kube, version, ks_source, network_plugin, worker_proxy = _check_kubespray(
         chk, d, deployer, provider, os_name, family, recorded)
     subnet, first, vip, explicit, lb_name = _check_network(chk, d, name, lb_count, load_balancer)
@@ -709,8 +701,9 @@ def _check_nodes(chk, d, case, provider, deployer):
     return groups, etcd_topology, load_balancer, lb_count
 
 
-def _check_box(chk, d):
-    """The Vagrant box and its OS."""
+def _check_box(chk, d, provider):
+    """The Vagrant box and its OS (a provider's override may name another box and OS);
+    returns the OS of the scenario's provider."""
     # box and OS
     box = d["box"]
     box_name = _grammar(chk, "box.name", box["name"], grammar.BOX_NAME)
@@ -738,11 +731,18 @@ def _check_box(chk, d):
             if override.get("version") is not None:
                 _grammar(chk, f"box.providers.{prov}.version", override["version"],
                          grammar.BOX_VERSION)
-            for key in sorted(set(override) - {"name", "version"}, key=str):
-                close = difflib.get_close_matches(str(key), ["name", "version"], n=1)
+            if "os" in override:
+                own = _grammar(chk, f"box.providers.{prov}.os", override["os"], grammar.OS_NAME)
+                if own and os_family(own) is None:
+                    chk.error(f"box.providers.{prov}.os", own, "halab knows no such OS family",
+                              "use rockylinux-N, almalinux-N, ubuntu-YY.MM or debian-N")
+                elif own and prov == provider:
+                    os_name, family = own, os_family(own)
+            for key in sorted(set(override) - {"name", "version", "os"}, key=str):
+                close = difflib.get_close_matches(str(key), ["name", "version", "os"], n=1)
                 chk.error(f"box.providers.{prov}.{key}", override[key], "unknown key",
                           (f"did you mean 'box.providers.{prov}.{close[0]}'? " if close else "")
-                          + "a box override has only `name` and `version`")
+                          + "a box override has only `name`, `version` and `os`")
     return box, box_name, os_name, family
 
 
@@ -755,17 +755,12 @@ def _check_kubespray(chk, d, deployer, provider, os_name, family, recorded):
         chk.error("kubespray.version", version, "is not a kubespray release tag",
                   "write it like v2.29.1")
     elif os_name and family and deployer == "kubespray" and provider != "local":
-        key = (int(vm.group(1)), int(vm.group(2)))
-        known = KUBESPRAY_SUPPORTED_OS.get(key)
-        if known is None:
-            chk.warn("kubespray.version", version, "halab has no support table for this "
-                     "kubespray release", "check its README's supported OS list")
-        elif os_name not in known:
-            later = sorted(k for k, v in KUBESPRAY_SUPPORTED_OS.items() if os_name in v and k > key)
-            since = f"; it is listed from v{later[0][0]}.{later[0][1]}.0" if later else ""
-            chk.warn("box.os", os_name, f"kubespray {version} does not list {os_name} as "
-                     f"supported{since}", "pick a listed OS box (e.g. rockylinux-9) or a "
-                     "kubespray release that lists it, and test before the workshop")
+        os_field = f"box.providers.{provider}.os" if os_name != d["box"]["os"] else "box.os"
+        for about, why in kubespray_releases.pair_problems(version, os_name):
+            chk.warn(os_field if about == "os" else "kubespray.version",
+                     os_name if about == "os" else version, why,
+                     "pick a box and a kubespray release that go together (the README's "
+                     "kubespray table), and test the pair before the workshop")
     _grammar(chk, "kubespray.repo", kube["repo"], grammar.GIT_URL)
     for var in kube["extra_vars"]:
         if not grammar.VAR_NAME.ok(var):
