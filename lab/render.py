@@ -90,7 +90,20 @@ def _rb(value) -> str:
             raise ValueError(f"not a finite number: {value!r}")
         return repr(value)
     text = str(value)
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if all(c.isprintable() for c in text):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Ruby reads CR LF in its source as LF, inside literals too: a text with control
+    # characters becomes a double-quoted literal with every one of them escaped, and
+    # every `#` too (so `#{`, `#@`, `#$` cannot interpolate)
+    out = []
+    for c in text:
+        if c in '\\"#':
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(f"\\u{{{ord(c):x}}}")
+    return '"' + "".join(out) + '"'
 
 
 def _comment(value) -> str:

@@ -12,7 +12,7 @@ import json
 import subprocess
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lab import render
@@ -128,8 +128,9 @@ def test_a_bool_or_a_float_is_not_a_case():
         assert _build(_with(("case",), value)) is None, value
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(values=st.lists(st.text(max_size=30), min_size=30, max_size=30))
+@example(values=["\r\n", "a\rb", "#{x}\r", "\x00", "\u2028", "#@x\n", "'\\\r"] + [""] * 23)
 def test_ruby_reads_every_literal_back_as_the_same_text(values):
     """The Vagrantfile's string literal, judged by real ruby: no interpolation, ever."""
     program = "require 'json'\nputs JSON.generate([" + ", ".join(
