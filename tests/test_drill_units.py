@@ -711,3 +711,27 @@ def test_the_verdict_times_the_election_after_a_leader_kill():
     assert verdict.etcd_election({**j, "context": {"etcd_leader": "k8s-node2"}}) is None
     # no new leader before the restore: not elected
     assert verdict.etcd_election({**j, "etcd": j["etcd"][:3]}) is None
+
+
+def test_drills_on_a_kubespray_lab_use_kubespray_certificates_and_never_halabs_pki(tmp_path):
+    """The etcd probe runs on a member the drill does not touch, with that member's
+    kubespray admin certificate; restoring a fault plans kubespray's own services."""
+    from lab.deploy import controlplane
+    from lab.drill.engine import Settings, probe_plan
+    from lab.model import scenario as scen
+    from lab.model.topology import Topology
+    topo = Topology.of(scen.load("case2"))
+    assert topo.scenario.uses_kubespray
+    lab = Lab(tmp_path / "ks")
+    specs = {s.key: s for s in probe_plan(lab, topo, FakeProvider(), ["k8s-node1"], Settings(),
+                                          "id")}
+    etcd = specs["etcd"]
+    assert etcd.node == "k8s-node2"
+    assert etcd.argv[etcd.argv.index("--ca") + 1] == "/etc/ssl/etcd/ssl/ca.pem"
+    assert etcd.argv[etcd.argv.index("--key") + 1] == "/etc/ssl/etcd/ssl/admin-k8s-node2-key.pem"
+    planned = faults.lab_specs(lab, topo, FakeProvider())
+    assert planned == controlplane.kubespray_specs(topo)
+    assert not (lab.path / "pki").exists()
+    how = {(s.node, s.name): (s.unit, s.manifest) for s in planned}
+    assert how[("k8s-node1", "kube-apiserver")] == ("", "kube-apiserver.yaml")
+    assert how[("k8s-node1", "etcd")] == ("etcd", "") and how[("admin-lb", "haproxy")] == ("haproxy", "")

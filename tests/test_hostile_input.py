@@ -144,10 +144,10 @@ def test_the_grammars_match_in_full():
     """`$` lets a trailing newline through; every grammar refuses one."""
     examples = {g: g.example.split(",")[0].split(" or ")[0] for g in vars(grammar).values()
                 if isinstance(g, grammar.Grammar)}
-    for g, example in examples.items():
-        if g.ok(example):
-            assert not g.ok(example + "\n"), g.pattern
-            assert not g.ok(example + "\n#"), g.pattern
+    for g, sample in examples.items():
+        if g.ok(sample):
+            assert not g.ok(sample + "\n"), g.pattern
+            assert not g.ok(sample + "\n#"), g.pattern
 
 
 def test_the_runbook_names_the_faults_the_drills_know():

@@ -704,7 +704,12 @@ class VerifyingVagrant(FakeVagrant):
 
     def run(self, node, argv, timeout=30):
         self.ran.append((node, argv))
-        if "--mode" in argv:
+        if "--mode" in argv and argv[argv.index("--mode") + 1] == "etcd":
+            # kubespray's etcd: asked on a member, with that member's kubespray certificate
+            members = {f"192.168.10.1{i}": {"ok": True, "id": f"m{i}", "leader": "m1"}
+                       for i in (1, 2, 3)}
+            out = json.dumps({"t": time.time(), "ok": True, "members": members}) + "\n"
+        elif "--mode" in argv:
             out = json.dumps({"t": time.time(), "ok": True, "lat": 0.01, "code": 200}) + "\n"
         else:
             out = "ok" if "/readyz" in argv else "k8s-node1"
@@ -730,6 +735,11 @@ def test_cli_deploy_end_to_end_then_verify(live, sshd_server, monkeypatch):
     assert "with kubespray v2.30.0" in out and "cluster.yml finished OK" in out
     assert f"kubeconfig: {ll.lab.kubeconfig} (context case2-lb)" in out
     assert "all " in out and "checks passed" in out
+    etcd = [(node, argv) for node, argv in ll.provider.ran if "etcd" in argv]
+    assert etcd and all(node == "k8s-node1" for node, _ in etcd)    # on a member, not the host
+    node, argv = etcd[0]
+    assert argv[argv.index("--cert") + 1] == "/etc/ssl/etcd/ssl/admin-k8s-node1.pem"
+    assert not (ll.lab.path / "pki").exists()    # halab's own PKI is never made here
     contexts = {argv[2] for _, argv in ll.provider.ran if argv[2].startswith("--context=")}
     assert "--context=case2-lb" in contexts and "--context=case2-k8s-node1" in contexts
     # a worker's own path: halab's prober on the worker with its kubelet-path kubeconfig

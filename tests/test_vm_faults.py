@@ -92,7 +92,8 @@ def _spec(prov, node: str, service: str):
     from lab.deploy import controlplane
     from lab.deploy.pki import lab_pki
     from lab.render import LabSecrets
-    specs = controlplane.plan_for(prov, prov.topo, lab_pki(prov.topo), LabSecrets.generate())
+    specs = controlplane.kubespray_specs(prov.topo) if prov.topo.scenario.uses_kubespray \
+        else controlplane.plan_for(prov, prov.topo, lab_pki(prov.topo), LabSecrets.generate())
     return next(s for s in specs if s.node == node and s.name == service)
 
 

@@ -207,24 +207,25 @@ def plan(topo: Topology, pki: dict, layout_of, secrets, iface: str = "lab0") -> 
 
 
 def plan_for(provider, topo: Topology, pki: dict, secrets) -> list[ServiceSpec]:
-    """The plan on a provider's layout, each spec saying who runs it.
-
-    On VMs, HAProxy and keepalived are the distribution's services (provisioning
-    installed them), and a kubespray lab's services exist already (kubespray made
-    them: etcd and the load balancers as units, kube-apiserver as a static pod); halab
-    only stops and starts those, for the drills' faults.
-    """
+    """halab's own control plane on a provider's layout, each spec saying who runs it:
+    on VMs HAProxy and keepalived are the distribution's services (provisioning
+    installed them); halab only stops and starts those. (A kubespray lab's services
+    are kubespray's: `kubespray_specs`.)"""
     specs = plan(topo, pki, provider.layout, secrets, provider.lab_iface)
     if provider.capabilities.supervised:
         return specs
-    return [_controlled(s, topo.scenario.uses_kubespray) for s in specs]
+    return [replace(s, unit=s.name) if s.name in PROVISIONED_SERVICES else s for s in specs]
 
 
-def _controlled(spec: ServiceSpec, kubespray: bool) -> ServiceSpec:
-    if spec.name in PROVISIONED_SERVICES:
-        return replace(spec, unit=spec.name)
-    if not kubespray:
-        return spec
-    if spec.name == "kube-apiserver":
-        return ServiceSpec(spec.node, spec.name, (), manifest="kube-apiserver.yaml")
-    return ServiceSpec(spec.node, spec.name, (), unit=spec.name)
+def kubespray_specs(topo: Topology) -> list[ServiceSpec]:
+    """A kubespray lab's services, by name and by how they are controlled: etcd as a
+    systemd unit on its members, kube-apiserver as a static pod on each control plane,
+    HAProxy and keepalived as the distribution's units on the load balancers."""
+    specs = [ServiceSpec(m.name, "etcd", (), unit="etcd") for m in topo.etcd_members]
+    specs += [ServiceSpec(cp.name, "kube-apiserver", (), manifest="kube-apiserver.yaml")
+              for cp in topo.control_planes]
+    for lb in topo.load_balancers:
+        specs.append(ServiceSpec(lb.name, "haproxy", (), unit="haproxy"))
+        if len(topo.load_balancers) > 1:
+            specs.append(ServiceSpec(lb.name, "keepalived", (), unit="keepalived"))
+    return specs

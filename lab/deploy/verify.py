@@ -31,17 +31,31 @@ def prober_argv(provider, node: str) -> list[str]:
     return provider.prober_argv(node)
 
 
-def etcd_probe_argv(lab, topo: Topology, provider, interval: float = 1.0,
-                    timeout: float = 1.0) -> list[str]:
-    """The prober asking every etcd member for its status, with the lab's etcd client
-    certificate (halab's own control plane keeps its PKI in `<lab>/pki/`)."""
-    pki = lab.path / "pki"
+KUBESPRAY_ETCD_SSL = "/etc/ssl/etcd/ssl"   # kubespray's etcd certificates on its members
+
+
+def etcd_probe(lab, topo: Topology, provider, interval: float = 1.0, timeout: float = 1.0,
+               avoid: tuple = ()) -> tuple[str, list[str]]:
+    """(where it runs, argv) of the prober asking every etcd member for its status.
+
+    halab's own control plane: from the client, with the etcd client certificate in
+    `<lab>/pki/`. A kubespray lab keeps etcd's certificates on its members: the probe
+    runs on a member the drill does not touch (`avoid`), as root, with that member's
+    kubespray admin certificate."""
     eps = ",".join(f"https://{m.ip}:2379" for m in topo.etcd_members)
-    return prober_argv(provider, "client") + [
-        "--mode", "etcd", "--etcd-endpoints", eps, "--ca", str(pki / "etcd-ca.crt"),
-        "--cert", str(pki / "apiserver-etcd-client.crt"),
-        "--key", str(pki / "apiserver-etcd-client.key"),
-        "--interval", str(interval), "--timeout", str(timeout)]
+    tail = ["--interval", str(interval), "--timeout", str(timeout)]
+    if not topo.scenario.uses_kubespray:
+        pki = lab.path / "pki"
+        return "client", prober_argv(provider, "client") + [
+            "--mode", "etcd", "--etcd-endpoints", eps, "--ca", str(pki / "etcd-ca.crt"),
+            "--cert", str(pki / "apiserver-etcd-client.crt"),
+            "--key", str(pki / "apiserver-etcd-client.key"), *tail]
+    node = next((m.name for m in topo.etcd_members if m.name not in avoid),
+                topo.etcd_members[0].name)
+    ssl = KUBESPRAY_ETCD_SSL
+    return node, prober_argv(provider, node) + [
+        "--mode", "etcd", "--etcd-endpoints", eps, "--ca", f"{ssl}/ca.pem",
+        "--cert", f"{ssl}/admin-{node}.pem", "--key", f"{ssl}/admin-{node}-key.pem", *tail]
 
 
 def etcd_view(topo: Topology, rec: dict, known_ids: dict | None = None) -> dict:
@@ -67,8 +81,9 @@ def etcd_view(topo: Topology, rec: dict, known_ids: dict | None = None) -> dict:
 
 def one_shot_etcd(lab, topo: Topology, provider, timeout: float = 5.0) -> dict:
     """Who leads etcd right now, and which members did not answer."""
-    argv = etcd_probe_argv(lab, topo, provider, timeout=timeout) + ["--count", "1"]
-    cp = provider.run("client", argv, timeout=timeout * len(topo.etcd_members) + 10)
+    node, argv = etcd_probe(lab, topo, provider, timeout=timeout)
+    cp = provider.run(node, argv + ["--count", "1"],
+                      timeout=timeout * len(topo.etcd_members) + 10)
     for line in cp.stdout.splitlines():
         try:
             return etcd_view(topo, json.loads(line))
@@ -80,8 +95,9 @@ def one_shot_etcd(lab, topo: Topology, provider, timeout: float = 5.0) -> dict:
 def etcd_check(lab, topo: Topology, provider) -> Check | None:
     """Every etcd member answers and all agree on one leader (a member that never joined
     leaves a cluster one failure away from losing quorum, and a drill measures nonsense)."""
-    if not topo.etcd_members or not (lab.path / "pki" / "apiserver-etcd-client.crt").exists():
-        return None   # kubespray keeps etcd's certificates on the nodes
+    if not topo.etcd_members or (not topo.scenario.uses_kubespray and
+                                 not (lab.path / "pki" / "apiserver-etcd-client.crt").exists()):
+        return None   # halab's control plane not deployed yet
     # an emulated VM answers slowly when busy: the drills' etcd probe allows 15 s there
     slow = provider.drill_waits.get("probe_timeout", 5.0)
     view = one_shot_etcd(lab, topo, provider, timeout=max(5.0, slow))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from lab.errors import HalabError
 from lab.deploy.kubeconfig import PROBER_KUBECONFIG, default_context
-from lab.deploy.verify import api_servers, etcd_probe_argv, etcd_view, one_shot_etcd, prober_argv
+from lab.deploy.verify import api_servers, etcd_probe, etcd_view, one_shot_etcd, prober_argv
 from lab.drill import expect, faults as faultlib, journal as jlib, verdict as verdictlib
 
 CLIENT = "client"
@@ -164,8 +164,9 @@ def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[Pr
     specs.append(ProbeSpec("canary", "canary", CLIENT, base + [
         "--mode", "canary", "--interval", str(s.probe_interval),
         "--timeout", str(s.probe_timeout)]))
-    specs.append(ProbeSpec("etcd", "etcd", CLIENT, etcd_probe_argv(
-        lab, topo, provider, s.lease_interval, s.probe_timeout)))
+    etcd_node, etcd_argv = etcd_probe(lab, topo, provider, s.lease_interval, s.probe_timeout,
+                                      avoid=tuple(targets))
+    specs.append(ProbeSpec("etcd", "etcd", etcd_node, etcd_argv))
     return specs
 
 

@@ -253,8 +253,12 @@ def restore(provider, specs, name: str, node: str) -> None:
 
 
 def lab_specs(lab, topo, provider) -> list:
-    """The lab's service plan (what power_on and the stop-* restores start again)."""
+    """The lab's service plan (what power_on and the stop-* restores start again). A
+    kubespray lab's services are kubespray's: named from the topology, and halab's own
+    PKI is never created for them (kubespray's etcd would reject it)."""
     from lab.deploy import controlplane
+    if topo.scenario.uses_kubespray:
+        return controlplane.kubespray_specs(topo)
     from lab.deploy.static import load_or_create_pki
     from lab.render import LabSecrets
     return controlplane.plan_for(provider, topo, load_or_create_pki(lab, topo),
