@@ -379,8 +379,8 @@ def test_identities_prober_reads_only_and_etcd_trusts_only_its_own_ca(lab):
                                f"--kubeconfig={folder / 'prober.kubeconfig'}",
                                "--request-timeout=10s", *args],
                               capture_output=True, text=True, timeout=60)
-    assert as_prober("get", "namespace", "default", "-o", "name").stdout.strip() == \
-        "namespace/default"
+    got = as_prober("get", "namespace", "default", "-o", "name")
+    assert got.stdout.strip() == "namespace/default", got.stderr
     denied = as_prober("create", "configmap", "halab-should-not-exist")
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
     cp = lab.topo.etcd_members[0]

@@ -15,7 +15,7 @@ Everything is generated in memory with `cryptography` and returned as a dict
     nodes/<node>.crt/.key                       each node's kubelet identity:
                                                 CN=system:node:<node>, O=system:nodes
     prober.crt/.key                             halab's probes on nodes: CN=halab-prober,
-                                                O=halab:probers (read-only, bound to `view`)
+                                                O=halab:probers (read-only ClusterRole halab-prober)
     apiserver-kubelet-client.crt/.key           kube-apiserver -> kubelets (O=system:masters)
     admin.crt/.key                              CN=kubernetes-admin, O=system:masters
     controller-manager.crt/.key                 CN=system:kube-controller-manager
@@ -170,7 +170,7 @@ def apiserver_sans(name: str, ip: str, service_cidr: str, extra_sans: Iterable[s
 
 
 # ---------------------------------------------------------------- public API
-# halab's read-only identity for the probes it runs on nodes (bound to ClusterRole view)
+# halab's read-only identity for the probes it runs on nodes (ClusterRole halab-prober)
 PROBER_USER = "halab-prober"
 PROBER_GROUP = "halab:probers"
 

@@ -52,19 +52,34 @@ def write_kubeconfigs(lab: Lab, topo: Topology, pki: dict, provider) -> None:
         {w.name: (pki[f"nodes/{w.name}.crt"], pki[f"nodes/{w.name}.key"]) for w in topo.workers})
 
 
+# a role of its own, not the aggregated `view`: that one is empty until the
+# controller-manager's aggregation controller has filled it (seconds after a deploy)
 PROBER_BINDING = """apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: halab-prober
+  labels: {app.kubernetes.io/managed-by: halab}
+rules:
+- apiGroups: [""]
+  resources: [namespaces, nodes, pods, services, endpoints, configmaps]
+  verbs: [get, list, watch]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata:
   name: halab-prober
   labels: {app.kubernetes.io/managed-by: halab}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: halab-prober}
 subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "%s"}
 """
 
 
 def bind_prober(lab: Lab, provider, tries: int = 6) -> None:
-    """halab's probes on nodes may read, nothing else (ClusterRole view). An emulated
+    """halab's probes on nodes may read, nothing else. An emulated
     lab's API can be slow for a while after it first answers: a few tries."""
     for attempt in range(tries):
         r = provider.run("client", [provider.kubectl, f"--kubeconfig={lab.kubeconfig}",
