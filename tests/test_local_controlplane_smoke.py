@@ -228,7 +228,9 @@ def test_local_controlplane_smoke(k8s_bins, lab, topo, tmp_path, record_property
 
     # ---- etcd: the plan's members, TLS everywhere, each in its node's namespace
     start("etcd")
-    etcd_pki = {k: tmp_path / f"etcd-client-{k}" for k in ("ca.crt", "apiserver-etcd-client.crt",
+    # etcd trusts only its own CA (lab.deploy.pki): the API server's client certificate
+    etcd_pki = {k: tmp_path / f"etcd-client-{k}" for k in ("etcd-ca.crt",
+                                                             "apiserver-etcd-client.crt",
                                                              "apiserver-etcd-client.key")}
     for k, path in etcd_pki.items():
         path.write_bytes(files[k])
