@@ -266,6 +266,7 @@ def lab_env(topo: Topology) -> str:
         "LAB_KUBESPRAY_REPO": s.kubespray.repo,
         "LAB_DEPLOYER": s.deployer,
         "LAB_NODES": " ".join(n.name for n in topo.nodes),
+        "LAB_RUNNER": runner_of(topo),   # runs kubespray and serves NFS (one per lab)
         # the Python kubespray's Ansible runs on (Rocky/Alma 9's python3 is 3.9: too old)
         **dict(zip(("LAB_CONTROLLER_PYTHON", "LAB_CONTROLLER_PYTHON_PKG"),
                    controller_python_of(s))),
@@ -317,12 +318,39 @@ def _vagrant_boxes(s: Scenario) -> dict:
     return boxes
 
 
+def runner_of(topo: Topology) -> str:
+    """The admin-lb that runs kubespray and serves NFS (the first of an HA pair)."""
+    return topo.admin_lbs[0].name if topo.admin_lbs else ""
+
+
+KUBESPRAY_UPLOAD = "kubespray.tar.gz"   # in the lab folder: a local kubespray.source, packed
+
+
+def write_kubespray_source(s: Scenario, dest: Path) -> Path | None:
+    """A local `kubespray.source` (a folder or a .tar.gz) as the tarball the runner
+    unpacks (one top folder, as GitHub's release archives have). Side effect."""
+    if not s.uses_kubespray or s.kubespray.source == "git":
+        return None
+    import shutil
+    import tarfile
+    src = Path(s.kubespray.source).expanduser()
+    out = dest / KUBESPRAY_UPLOAD
+    if src.is_file():
+        shutil.copyfile(src, out)
+    else:
+        with tarfile.open(out, "w:gz") as tar:
+            tar.add(src, arcname="kubespray",
+                    filter=lambda info: None if "/.git/" in info.name + "/" else info)
+    return out
+
+
 def vagrantfile(topo: Topology) -> str:
     s = topo.scenario
     provider = s.provider if s.provider in ("virtualbox", "libvirt") else "virtualbox"
     return _env().get_template("Vagrantfile.j2").render(
         lab=s.name, case=s.case, scenario_file=Path(s.source).name, nodes=topo.nodes,
-        names=MachineNames(s.name),
+        names=MachineNames(s.name), runner=runner_of(topo),
+        upload_kubespray=s.uses_kubespray and s.kubespray.source != "git",
         boxes=_vagrant_boxes(s), provider=provider,
         libvirt=s.provider_options["libvirt"], virtualbox=s.provider_options["virtualbox"])
 

@@ -66,7 +66,11 @@ if [ "$LAB_LOAD_BALANCER" = yes ]; then
   fi
 fi
 
-if [ "$LAB_NFS" = yes ]; then
+# one runner per lab (the first admin-lb of an HA pair): kubespray, its key and NFS
+runner=no
+if [ "$NODE_NAME" = "$LAB_RUNNER" ]; then runner=yes; fi
+
+if [ "$LAB_NFS" = yes ] && [ "$runner" = yes ]; then
   step "NFS share $LAB_NFS_PATH for $LAB_SUBNET only"
   if [ "$LAB_OS_FAMILY" = rhel ]; then pkg_install exportfs:nfs-utils; nfs_unit=nfs-server
   else pkg_install exportfs:nfs-kernel-server; nfs_unit=nfs-kernel-server; fi
@@ -77,17 +81,19 @@ if [ "$LAB_NFS" = yes ]; then
   exportfs -ra
 fi
 
-step "SSH key that kubespray uses to reach the nodes"
-install -d -m 700 /root/.ssh
-if [ -f "$FILES/id_ed25519" ]; then
-  install -m 600 "$FILES/id_ed25519" /root/.ssh/id_ed25519
-  rm -f "$FILES/id_ed25519"      # one copy of the private key, where ssh uses it
+if [ "$runner" = yes ]; then
+  step "SSH key that kubespray uses to reach the nodes"
+  install -d -m 700 /root/.ssh
+  if [ -f "$FILES/id_ed25519" ]; then
+    install -m 600 "$FILES/id_ed25519" /root/.ssh/id_ed25519
+    rm -f "$FILES/id_ed25519"      # one copy of the private key, where ssh uses it
+  fi
+  install -m 644 "$FILES/authorized_keys" /root/.ssh/id_ed25519.pub
+  known=/root/.ssh/known_hosts
+  for node in $LAB_NODES; do
+    ssh-keygen -F "$node" -f "$known" >/dev/null 2>&1 || ssh-keyscan -T 3 "$node" >> "$known" 2>/dev/null || true
+  done
 fi
-install -m 644 "$FILES/authorized_keys" /root/.ssh/id_ed25519.pub
-known=/root/.ssh/known_hosts
-for node in $LAB_NODES; do
-  ssh-keygen -F "$node" -f "$known" >/dev/null 2>&1 || ssh-keyscan -T 3 "$node" >> "$known" 2>/dev/null || true
-done
 
 for tool in $LAB_ADMIN_TOOLS; do
   case "$tool" in
@@ -100,7 +106,7 @@ for tool in $LAB_ADMIN_TOOLS; do
   esac
 done
 
-if [ "$LAB_DEPLOYER" = kubespray ]; then
+if [ "$LAB_DEPLOYER" = kubespray ] && [ "$runner" = yes ]; then
   step "kubespray $LAB_KUBESPRAY_VERSION in $KUBESPRAY_DIR"
   # kubespray's Ansible needs a newer Python than some boxes' python3 (Rocky/Alma 9: 3.9);
   # halab chose one the OS itself carries (AppStream's python3.12 on EL 9)

@@ -422,3 +422,31 @@ def test_every_option_has_help_and_a_metavar_saying_what_it_takes():
                     not (p.metavar and p.metavar.isupper()):
                 problems.append(f"{' '.join(path)} {p.opts[0]}: metavar {p.metavar!r}")
     assert not problems, "\n".join(problems)
+
+
+def test_a_local_kubespray_source_is_packed_for_the_runner_alone(tmp_path):
+    """Offline classrooms: a kubespray folder is uploaded to the runner (the first
+    admin-lb of an HA pair), never cloned; only the runner gets the key and NFS."""
+    import tarfile
+    src = tmp_path / "kubespray-2.30.0"
+    (src / "inventory" / "sample").mkdir(parents=True)
+    (src / "cluster.yml").write_text("- hosts: all\n")
+    (src / ".git").mkdir()
+    (src / ".git" / "HEAD").write_text("ref\n")
+    scen = tmp_path / "ha.yaml"
+    scen.write_text(f"extends: case3-ha\nname: haoff\nkubespray: {{source: {src}}}\n")
+    out = tmp_path / "lab"
+    halab("render", str(scen), "--out", str(out))
+    with tarfile.open(out / "kubespray.tar.gz") as tar:
+        names = tar.getnames()
+    assert "kubespray/cluster.yml" in names and not any(".git" in n for n in names)
+    vf = (out / "Vagrantfile").read_text()
+    assert "if node[:name] == 'admin-lb1'" in vf and "kubespray.tar.gz" in vf
+    env = (out / "files" / "lab.env").read_text()
+    assert "LAB_RUNNER=admin-lb1" in env and "LAB_KUBESPRAY_SOURCE=upload" in env
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAGRANT_")}
+    env.update(VAGRANT_HOME=str(tmp_path / "vagrant-home"), VAGRANT_CHECKPOINT_DISABLE="1",
+               VAGRANT_BOX_UPDATE_CHECK_DISABLE="1")
+    r = subprocess.run(["vagrant", "validate"], cwd=out, capture_output=True, text=True,
+                       timeout=180, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr

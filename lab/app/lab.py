@@ -123,6 +123,8 @@ def _up(lab: Lab, s, topo, prov, rec, bin_dir, deploy) -> Lab:
     files = render.render(s, secrets)
     lab.path.mkdir(parents=True, exist_ok=True)
     render.write(files, secrets, lab.path)
+    if render.write_kubespray_source(s, lab.path):
+        echo(f"  kubespray {s.kubespray.source} packed for the runner ({render.KUBESPRAY_UPLOAD})")
     lab.update(scenario_file=str(Path(s.source).resolve()), scenario=scenario.as_record(s),
                provider=s.provider, name=s.name, case=s.case, deployer=s.deployer,
                k8s_bin_dir=bin_dir, created_at=rec.created_at or time.time(),

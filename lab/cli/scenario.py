@@ -84,7 +84,10 @@ def register(main: click.Group) -> None:
         s = load_scenario(scenario_ref, provider)
         secrets = render.LabSecrets.generate(comment=f"halab-{s.name}")
         files = render.render(s, secrets)
-        write_tree_atomically(out_dir, lambda tmp: render.write(files, secrets, tmp), force)
+        def fill(tmp):
+            render.write(files, secrets, tmp)
+            render.write_kubespray_source(s, tmp)
+        write_tree_atomically(out_dir, fill, force)
         click.echo(f"wrote {len(files) + 2} files for lab {s.name} into {out_dir}")
 
 
