@@ -111,21 +111,18 @@ def test_verify_wait_checks_again_until_every_check_passes_or_time_is_up(monkeyp
     from lab.deploy import verify
     from lab.deploy.verify import Check
 
-    class FakeLab:
-        name, events = "busy", []
-
-        def event(self, what, **kw):
-            self.events.append((what, kw))
-
     rounds = iter([[Check("access path", "external", False, "EOF")],
                    [Check("access path", "external", True, "ok")]])
     monkeypatch.setattr(commands, "open_lab", lambda lab: (None, None, None))
     monkeypatch.setattr(verify, "run_checks", lambda *a, **k: next(rounds))
     monkeypatch.setattr(commands.time, "sleep", lambda s: None)
-    lab = FakeLab()
+    lab = Lab(tmp_path / "busy")
     assert commands.verify(lab, wait=60) == 0
-    assert lab.events == [("verify", {"ok": True, "failed": []})]
-    # without --wait one failing round is the answer
+    events = [json.loads(l) for l in (lab.logs / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["ok"], e["failed"]) for e in events] == [("verify", True, [])]
+    assert lab.record().verify["ok"] is True
+    # without --wait one failing round is the answer, and the record says so
     monkeypatch.setattr(verify, "run_checks",
                         lambda *a, **k: [Check("access path", "external", False, "EOF")])
-    assert commands.verify(FakeLab(), wait=0) == 1
+    assert commands.verify(lab, wait=0) == 1
+    assert lab.record().verify["failed"] == ["access path external"]

@@ -10,10 +10,9 @@ import time
 
 from lab.deploy import kubeconfig as kc
 from lab.app import echo, echo_step
-from lab.app.lab import open_lab
+from lab.app.lab import open_lab, report_checks
 from lab.errors import HalabError
 from lab.state import Lab
-from lab.table import table
 
 KUBESPRAY_ONLY = ("--reset", "--limit", "--tags")
 
@@ -67,16 +66,4 @@ def verify_after_deploy(lab: Lab, topo, provider) -> int:
         echo(f"  verify could not run: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
         lab.update(verify={"ok": False, "at": time.time(), "error": exc.message})
         return 1
-    echo(table(["CHECK", "TARGET", "RESULT", "DETAIL"],
-                     [[c.name, c.target, "OK" if c.ok else "FAIL", c.detail] for c in checks]))
-    failed = [c for c in checks if not c.ok]
-    lab.update(verify={"ok": not failed, "at": time.time(),
-                       "failed": [f"{c.name} {c.target}" for c in failed]})
-    lab.event("verify", ok=not failed, failed=[c.target for c in failed])
-    if failed:
-        echo(f"\nthe deploy finished, but {len(failed)} check(s) failed:")
-        for c in failed:
-            echo(f"  {c.name} {c.target}: {c.detail}" + (f"; {c.advice}" if c.advice else ""))
-        return 1
-    echo(f"all {len(checks)} checks passed")
-    return 0
+    return report_checks(lab, checks, "the deploy finished, but")

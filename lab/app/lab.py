@@ -245,11 +245,20 @@ def verify(lab: Lab, write: bool = True, wait: float = 0) -> int:
         echo_step(f"{len(failed)} check(s) failed ({', '.join(c.target for c in failed)}); "
                   f"checking again, {left:.0f} s left")
         time.sleep(min(10.0, max(left, 0.1)))
-    rows = [[c.name, c.target, "OK" if c.ok else "FAIL", c.detail] for c in checks]
-    echo(table(["CHECK", "TARGET", "RESULT", "DETAIL"], rows))
+    return report_checks(lab, checks)
+
+
+def report_checks(lab: Lab, checks, failed_words: str = "") -> int:
+    """The table of checks, each failure with its advice, recorded in the lab; 1 if any
+    failed. `failed_words` leads the failure list (`the deploy finished, but`)."""
+    echo(table(["CHECK", "TARGET", "RESULT", "DETAIL"],
+               [[c.name, c.target, "OK" if c.ok else "FAIL", c.detail] for c in checks]))
+    failed = [c for c in checks if not c.ok]
+    lab.update(verify={"ok": not failed, "at": time.time(),
+                       "failed": [f"{c.name} {c.target}" for c in failed]})
     lab.event("verify", ok=not failed, failed=[c.target for c in failed])
     if failed:
-        echo(f"\n{len(failed)} check(s) failed:")
+        echo(f"\n{failed_words + ' ' if failed_words else ''}{len(failed)} check(s) failed:")
         for c in failed:
             echo(f"  {c.name} {c.target}: {c.detail}" + (f"; {c.advice}" if c.advice else ""))
         return 1

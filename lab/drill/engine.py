@@ -476,12 +476,6 @@ def lease_holders_from(checks: list[dict]) -> dict:
 
 # ------------------------------------------------------------------ the drill
 
-def drill_lock(lab, what: str = "drill"):
-    """One drill at a time per lab, and no `up`/`deploy`/`destroy` meanwhile: the lab's
-    own lock (the kernel drops it when halab dies)."""
-    return lab.lock(what)
-
-
 def drill_running(lab) -> str | None:
     """The pid of a running drill on this lab, if any."""
     h = lab.holder()
@@ -540,7 +534,9 @@ class Drill:
         self.quorum_loss = bool(why)
 
     def run(self) -> dict:
-        with drill_lock(self.lab, f"drill {self.fault}"):
+        # one drill at a time, and no up/deploy/destroy meanwhile (the kernel drops the
+        # lock when halab dies)
+        with self.lab.lock(f"drill {self.fault}"):
             return self._run()
 
     def _run(self) -> dict:

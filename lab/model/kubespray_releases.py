@@ -71,6 +71,10 @@ OS_PYTHONS: dict[str, list[tuple[Version, str, str]]] = {
 }
 
 
+def _key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.lstrip("v").split("."))
+
+
 def release(version: str) -> Release | None:
     """The release, also for a patch release of a known minor (v2.32.1 -> v2.32.0's facts)."""
     if version in RELEASES:
@@ -99,7 +103,7 @@ def pair_problems(version: str, os_name: str) -> list[tuple[str, str]]:
     out = []
     if os_name not in rel.supported_os:
         later = [r.version for r in RELEASES.values()
-                 if os_name in r.supported_os and r.version > rel.version]
+                 if os_name in r.supported_os and _key(r.version) > _key(rel.version)]
         out.append(("os", f"kubespray {rel.version} does not list {os_name} as supported"
                     + (f"; it is listed from {later[0]}" if later else "")))
     elif os_name in rel.experimental_os:

@@ -167,29 +167,12 @@ class LocalProvider:
         return rec.names("namespace") if "namespace" in rec.resources else self.namespaces()
 
     def destroy(self, progress=lambda msg: None) -> list[str]:
-        """Kill every process, delete every recorded namespace; returns what was left."""
+        """Stop every service, then kill what is left in the recorded namespaces (by
+        PID: e.g. started by a killed halab) and delete them; returns what was left."""
         for node, name in self.sup.services():
             self.sup.stop(node, name, timeout=2, hard=True)
-        self._kill_stragglers()
-        for ns in self.recorded_namespaces():
-            if netns.exists(ns):
-                netns.delete(ns)
-                progress(f"deleted namespace {ns}")
-            else:
-                netns.delete(ns)  # its hosts file may outlive it
+        destroy_namespaces(self.recorded_namespaces(), progress)
         return self.leftovers()
-
-    def _kill_stragglers(self) -> None:
-        """Processes still inside our namespaces (e.g. started by a killed halab)."""
-        for ns in self.recorded_namespaces():
-            if not netns.exists(ns):
-                continue
-            cp = netns.sh(["ip", "netns", "pids", ns], check=False)
-            for pid in cp.stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
 
     def leftovers(self) -> list[str]:
         recorded = self.recorded_namespaces()
@@ -338,6 +321,8 @@ def destroy_namespaces(names: list[str], progress=lambda m: None) -> list[str]:
                     os.kill(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, ValueError):
                     pass
-        netns.delete(ns)
-        progress(f"deleted namespace {ns}")
+        existed = netns.exists(ns)
+        netns.delete(ns)            # also its hosts file, which may outlive it
+        if existed:
+            progress(f"deleted namespace {ns}")
     return [f"namespace {ns}" for ns in names if netns.exists(ns)]

@@ -113,14 +113,10 @@ class VagrantProvider:
         self.vagrant.provision(node, on_line=lambda l: progress(l.rstrip()))
 
     def destroy(self, progress=lambda m: None) -> list[str]:
-        self.vagrant.destroy()
-        progress("VMs destroyed; vagrant global-status pruned")
-        if self.topo.scenario.provider == "libvirt":
-            # vagrant-libvirt keeps the networks it created; they are the lab's
-            for net in self.libvirt_networks():
-                for verb in ("net-destroy", "net-undefine"):
-                    subprocess.run(virsh(verb, net), capture_output=True, timeout=60)
-                progress(f"removed libvirt network {net}")
+        # vagrant-libvirt keeps the networks it created; they are the lab's
+        networks = self.libvirt_networks() if self.topo.scenario.provider == "libvirt" else []
+        destroy_vms(self.lab, self.topo.scenario.provider, networks, progress,
+                    vagrant=self.vagrant)
         return self.leftovers()
 
     def record_resources(self) -> None:
@@ -599,10 +595,13 @@ def power_off_argv(provider: str, lab: str, node: str) -> list[str]:
     return ["VBoxManage", "controlvm", MachineNames(lab).virtualbox_vm(node), "poweroff"]
 
 
-def destroy_vms(lab, provider: str, networks: list[str], progress=lambda m: None) -> list[str]:
-    """`vagrant destroy` in the lab folder and the recorded libvirt networks."""
-    vagrant = Vagrant(lab.path, provider, lab.logs)
+def destroy_vms(lab, provider: str, networks: list[str], progress=lambda m: None,
+                vagrant: Vagrant | None = None) -> list[str]:
+    """`vagrant destroy` in the lab folder and the given libvirt networks; returns the
+    VMs vagrant still knows."""
+    vagrant = vagrant or Vagrant(lab.path, provider, lab.logs)
     vagrant.destroy()
+    progress("VMs destroyed; vagrant global-status pruned")
     for net in networks:
         for verb in ("net-destroy", "net-undefine"):
             subprocess.run(virsh(verb, net), capture_output=True, timeout=60)
