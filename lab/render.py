@@ -264,6 +264,8 @@ def lab_env(topo: Topology) -> str:
         "LAB_KUBESPRAY_VERSION": s.kubespray.version,
         "LAB_KUBESPRAY_SOURCE": "git" if s.kubespray.source == "git" else "upload",
         "LAB_KUBESPRAY_REPO": s.kubespray.repo,
+        # kubespray's requirements as uploaded wheels (installed with --no-index)
+        "LAB_KUBESPRAY_WHEELS": "no" if s.kubespray.wheels == "pypi" else "yes",
         "LAB_DEPLOYER": s.deployer,
         "LAB_NODES": " ".join(n.name for n in topo.nodes),
         "LAB_RUNNER": runner_of(topo),   # runs kubespray and serves NFS (one per lab)
@@ -344,6 +346,42 @@ def write_kubespray_source(s: Scenario, dest: Path) -> Path | None:
     return out
 
 
+WHEELS_UPLOAD = "kubespray-wheels"     # in the lab folder: kubespray's requirements
+ADMIN_TOOLS_UPLOAD = "admin-tools"      # in the lab folder: admin_tools_dir's programs
+
+
+def uploaded_tools(s: Scenario) -> list[str]:
+    """The admin tools halab uploads from `admin_tools_dir` (the upstream programs)."""
+    if not s.admin_tools_dir:
+        return []
+    from lab.model.scenario import UPSTREAM_TOOLS
+    return [t for t in s.admin_tools if t in UPSTREAM_TOOLS]
+
+
+def write_uploads(s: Scenario, dest: Path, wheels: Path | None) -> list[str]:
+    """Copy what the VMs get besides the rendered files into the lab folder (side
+    effect): the wheels for kubespray's venv and the admin tools. Each folder is
+    replaced as a whole; returns one line per folder, for the user."""
+    import shutil
+    said = []
+    for name, src, files, mode in (
+            (WHEELS_UPLOAD, wheels, sorted(wheels.glob("*.whl")) if wheels else [], 0o644),
+            (ADMIN_TOOLS_UPLOAD, Path(s.admin_tools_dir or ".").expanduser(),
+             [Path(s.admin_tools_dir).expanduser() / t for t in uploaded_tools(s)], 0o755)):
+        out = dest / name
+        if out.exists():
+            shutil.rmtree(out)
+        if not files:
+            continue
+        out.mkdir(mode=0o700)
+        for f in files:
+            shutil.copyfile(f, out / f.name)
+            (out / f.name).chmod(mode)
+        size = sum(f.stat().st_size for f in files) / 1e6
+        said.append(f"{name}: {len(files)} files ({size:.0f} MB) from {src}")
+    return said
+
+
 def vagrantfile(topo: Topology) -> str:
     s = topo.scenario
     provider = s.provider if s.provider in ("virtualbox", "libvirt") else "virtualbox"
@@ -351,6 +389,8 @@ def vagrantfile(topo: Topology) -> str:
         lab=s.name, case=s.case, scenario_file=Path(s.source).name, nodes=topo.nodes,
         names=MachineNames(s.name), runner=runner_of(topo),
         upload_kubespray=s.uses_kubespray and s.kubespray.source != "git",
+        upload_wheels=s.uses_kubespray and s.kubespray.wheels != "pypi",
+        upload_tools=bool(uploaded_tools(s)),
         boxes=_vagrant_boxes(s), provider=provider,
         libvirt=s.provider_options["libvirt"], virtualbox=s.provider_options["virtualbox"])
 

@@ -98,9 +98,13 @@ fi
 for tool in $LAB_ADMIN_TOOLS; do
   case "$tool" in
     kubectl|helm|k9s|kubecolor)
-      if ! command -v "$tool" >/dev/null 2>&1; then
-        # these come from upstream release sites; an offline classroom pre-installs them in the box
-        warn "$tool is not installed and is not in the OS repositories; install it in the box or run: halab ssh $NODE_NAME"
+      # upstream programs, in no OS repository: from the scenario's admin_tools_dir
+      if [ -f "$FILES/admin-tools/$tool" ]; then
+        if install_if_changed "$FILES/admin-tools/$tool" "/usr/local/bin/$tool" 755; then
+          step "$tool installed in /usr/local/bin (from admin_tools_dir)"
+        fi
+      elif ! command -v "$tool" >/dev/null 2>&1; then
+        warn "$tool is not installed: it comes from upstream, not the OS repositories. Put the $tool program (Linux x86-64) in a folder on your machine, name that folder in the scenario as admin_tools_dir, and run: halab provision $NODE_NAME"
       fi ;;
     *) pkg_install "$tool:$tool" ;;
   esac
@@ -128,7 +132,9 @@ if [ "$LAB_DEPLOYER" = kubespray ] && [ "$runner" = yes ]; then
   fi
   stamp=$KUBESPRAY_VENV/.halab-requirements
   want=$(mktemp)
-  { cat "$KUBESPRAY_DIR/requirements.txt"; echo "# python: $LAB_CONTROLLER_PYTHON"; } > "$want"
+  wheels=$FILES/kubespray-wheels
+  { cat "$KUBESPRAY_DIR/requirements.txt"; echo "# python: $LAB_CONTROLLER_PYTHON"
+    echo "# wheels: $LAB_KUBESPRAY_WHEELS"; } > "$want"
   if [ ! -f "$stamp" ] || ! cmp -s "$want" "$stamp"; then
     step "kubespray's pinned requirements into $KUBESPRAY_VENV ($("$LAB_CONTROLLER_PYTHON" -V 2>&1))"
     if [ "$LAB_OS_FAMILY" != rhel ] && ! "$LAB_CONTROLLER_PYTHON" -c 'import ensurepip' 2>/dev/null; then
@@ -137,8 +143,18 @@ if [ "$LAB_DEPLOYER" = kubespray ] && [ "$runner" = yes ]; then
     fi
     rm -rf "$KUBESPRAY_VENV"
     "$LAB_CONTROLLER_PYTHON" -m venv "$KUBESPRAY_VENV"
-    "$KUBESPRAY_VENV/bin/pip" install -q -U pip
-    "$KUBESPRAY_VENV/bin/pip" install -q -r "$KUBESPRAY_DIR/requirements.txt"
+    if [ "$LAB_KUBESPRAY_WHEELS" = yes ]; then
+      # offline: only the wheels halab uploaded (made for this Python and platform)
+      if ! "$KUBESPRAY_VENV/bin/pip" install -q --disable-pip-version-check --no-index \
+          --find-links "$wheels" -r "$KUBESPRAY_DIR/requirements.txt"; then
+        echo "[halab] $NODE_NAME: the uploaded wheels do not satisfy kubespray's requirements.txt; check kubespray.wheels (they must match kubespray $LAB_KUBESPRAY_VERSION and $("$LAB_CONTROLLER_PYTHON" -V 2>&1))" >&2
+        rm -rf "$KUBESPRAY_VENV"
+        exit 1
+      fi
+    else
+      "$KUBESPRAY_VENV/bin/pip" install -q -U pip
+      "$KUBESPRAY_VENV/bin/pip" install -q -r "$KUBESPRAY_DIR/requirements.txt"
+    fi
     cp "$want" "$stamp"
   fi
   rm -f "$want"

@@ -14,6 +14,7 @@ from lab import providers
 from lab.errors import HalabError, ScenarioError
 from lab.state import Lab, labs_root
 from lab.table import table
+from lab.model.scenario import UPSTREAM_TOOLS
 from lab.model.topology import Topology
 
 def open_lab(lab: Lab, k8s_bin_dir: str | None = None, need_k8s: bool = False):
@@ -121,10 +122,19 @@ def _up(lab: Lab, s, topo, prov, rec, bin_dir, deploy) -> Lab:
     secrets = render.LabSecrets.load(keys) if (keys / "id_ed25519").exists() else \
         render.LabSecrets.generate(comment=f"halab-{s.name}")
     files = render.render(s, secrets)
+    from lab.host.wheels import wheels_for
+    wheels = wheels_for(s, progress=echo_step)   # a failed download leaves no lab folder
     lab.path.mkdir(parents=True, exist_ok=True)
     render.write(files, secrets, lab.path)
     if render.write_kubespray_source(s, lab.path):
         echo(f"  kubespray {s.kubespray.source} packed for the runner ({render.KUBESPRAY_UPLOAD})")
+    for line in render.write_uploads(s, lab.path, wheels):
+        echo(f"  {line}")
+    missing = [t for t in s.admin_tools if t in UPSTREAM_TOOLS and t not in render.uploaded_tools(s)]
+    if missing and s.provider != "local":
+        echo(f"  admin tools {', '.join(missing)}: upstream programs in no OS repository; "
+             "admin-lb gets them when the scenario's `admin_tools_dir:` names a folder "
+             "holding them (Linux x86-64)")
     lab.update(scenario_file=str(Path(s.source).resolve()), scenario=scenario.as_record(s),
                provider=s.provider, name=s.name, case=s.case, deployer=s.deployer,
                k8s_bin_dir=bin_dir, created_at=rec.created_at or time.time(),

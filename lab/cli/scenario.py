@@ -84,9 +84,13 @@ def register(main: click.Group) -> None:
         s = load_scenario(scenario_ref, provider)
         secrets = render.LabSecrets.generate(comment=f"halab-{s.name}")
         files = render.render(s, secrets)
+        from lab.host.wheels import wheels_for
+        wheels = wheels_for(s, progress=click.echo)   # before anything is written
+
         def fill(tmp):
             render.write(files, secrets, tmp)
             render.write_kubespray_source(s, tmp)
+            render.write_uploads(s, tmp, wheels)
         write_tree_atomically(out_dir, fill, force)
         click.echo(f"wrote {len(files) + 2} files for lab {s.name} into {out_dir}")
 

@@ -71,6 +71,30 @@ OS_PYTHONS: dict[str, list[tuple[Version, str, str]]] = {
 }
 
 
+# The C library each OS ships (glibc major.minor): it decides which manylinux wheels
+# its Python can install (PEP 600: manylinux_2_X runs on glibc >= 2.X).
+OS_GLIBC: dict[str, Version] = {
+    **{os: (2, 28) for os in _EL8}, **{os: (2, 34) for os in _EL9},
+    **{os: (2, 39) for os in _EL10},
+    "debian-11": (2, 31), "debian-12": (2, 36), "debian-13": (2, 41),
+    "ubuntu-22.04": (2, 35), "ubuntu-24.04": (2, 39),
+}
+ARCH = "x86_64"   # the boxes halab knows are x86-64 (VirtualBox, libvirt on PCs)
+
+
+def wheel_target(rel: Release, os_name: str) -> tuple[Version, list[str]] | None:
+    """(Python version, pip platform tags) for the wheels kubespray's venv on admin-lb
+    installs, newest platform first; None when halab does not know the OS."""
+    py = controller_python(rel, os_name)
+    glibc = OS_GLIBC.get(os_name)
+    if py is None or glibc is None:
+        return None
+    major, minor = glibc
+    tags = [f"manylinux_{major}_{m}_{ARCH}" for m in range(minor, 16, -1)]
+    tags += [f"manylinux2014_{ARCH}", f"manylinux2010_{ARCH}", f"manylinux1_{ARCH}"]
+    return py[2], tags
+
+
 def _key(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in version.lstrip("v").split("."))
 

@@ -78,6 +78,10 @@ SCHEMA: dict[str, Any] = {
         "repo": "https://github.com/kubernetes-sigs/kubespray.git",
         "network_plugin": "calico",
         "worker_proxy": "nginx",
+        # kubespray's Python requirements: `pypi` (admin-lb installs them from PyPI),
+        # `host` (halab downloads wheels on this machine for admin-lb's Python and
+        # installs them there with --no-index) or a folder of wheels
+        "wheels": "pypi",
         "extra_vars": _ANY_MAP,
     },
     "haproxy": {
@@ -92,6 +96,9 @@ SCHEMA: dict[str, Any] = {
     "keepalived": {"virtual_router_id": 51, "advert_int": 1},
     "nfs": {"enabled": True, "path": "/srv/nfs/share"},
     "admin_tools": ["kubectl", "helm", "k9s"],
+    # a folder on this machine with the upstream tools (kubectl, helm, k9s, kubecolor:
+    # Linux x86-64 programs); halab uploads them to admin-lb
+    "admin_tools_dir": None,
     "provider_options": {
         "virtualbox": {"group": "/halab", "linked_clone": True, "nic_promiscuous": True},
         "libvirt": {"driver": "kvm", "emulator_path": None, "kernel": None, "initrd": None,
@@ -164,6 +171,7 @@ class Kubespray:
     network_plugin: str
     worker_proxy: str
     extra_vars: dict
+    wheels: str = "pypi"          # pypi | host | a folder of wheels
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,7 @@ class Scenario:
     provider_options: dict
     drills: tuple
     source: str
+    admin_tools_dir: str | None = None
     warnings: tuple = field(default=(), compare=False)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -581,6 +590,7 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
     health, timeouts, retries, ports, stats_path, vrid, advert = _check_haproxy(chk, d)
     k8s = _check_kubernetes(chk, d, subnet)
     nfs, tools, popts = _check_rest(chk, d)
+    tools_dir = _check_admin_tools_dir(chk, d, tools, recorded)
     _check_memory(chk, groups, deployer, provider, etcd_topology, lb_count)
 
     provisional = None
@@ -596,13 +606,13 @@ def build(data: dict, source: str, origins: dict, recorded: bool = False) -> Sce
             etcd_topology=etcd_topology, etcd=groups["etcd"],
             service_cidr=str(k8s["service_cidr"]), pod_cidr=str(k8s["pod_cidr"]),
             kubespray=Kubespray(version, ks_source, kube["repo"], network_plugin, worker_proxy,
-                                copy.deepcopy(kube["extra_vars"])),
+                                copy.deepcopy(kube["extra_vars"]), kube["wheels"]),
             haproxy=HAProxy(health, timeouts, retries, ports["stats_port"], stats_path,
                             ports["prometheus_port"]),
             keepalived={"virtual_router_id": vrid, "advert_int": advert},
             nfs_enabled=nfs["enabled"], nfs_path=nfs["path"], admin_tools=tuple(tools),
             provider_options=copy.deepcopy(popts), drills=tuple(d["drills"]),
-            source=source,
+            source=source, admin_tools_dir=tools_dir,
             raw=raw,
         )
         # address plan problems need the node list: the topology reports them
@@ -775,6 +785,7 @@ def _check_kubespray(chk, d, deployer, provider, os_name, family, recorded):
             chk.error("kubespray.source", ks_source, "is neither `git` nor an existing local "
                       "kubespray folder or .tar.gz", "use `git`, or a path to a kubespray "
                       "checkout downloaded once for the classroom")
+    _check_wheels(chk, kube, deployer, provider, version if vm else None, os_name, recorded)
     network_plugin = _choice(chk, "kubespray.network_plugin", kube["network_plugin"],
                              NETWORK_PLUGINS)
     worker_proxy = _choice(chk, "kubespray.worker_proxy", kube["worker_proxy"], WORKER_PROXIES)
@@ -784,6 +795,95 @@ def _check_kubespray(chk, d, deployer, provider, os_name, family, recorded):
                       "is set by halab from `case` (overriding it silently changes the Case)",
                       "remove it and choose `case: 1`, `2` or `3`")
     return kube, version, ks_source, network_plugin, worker_proxy
+
+
+def _check_wheels(chk, kube, deployer, provider, version, os_name, recorded):
+    """Where kubespray's Python requirements come from (`pypi`, `host` or a folder)."""
+    wheels = kube["wheels"]
+    if wheels in ("pypi", "host"):
+        pass
+    elif not isinstance(wheels, str) or not grammar.LOCAL_SOURCE.ok(wheels):
+        chk.error("kubespray.wheels", wheels, f"must be `pypi`, `host` or "
+                  f"{grammar.LOCAL_SOURCE.says}", "e.g. `wheels: host` (halab downloads "
+                  "them here) or `wheels: ./kubespray-wheels`")
+        return
+    elif not recorded:
+        folder = Path(wheels).expanduser()
+        if not folder.is_dir() or not any(folder.glob("*.whl")):
+            chk.error("kubespray.wheels", wheels, "is not a folder with .whl files",
+                      "use `host` to let halab download them, or fill the folder with "
+                      "`pip download -d FOLDER --only-binary=:all: --python-version X.Y "
+                      "--platform manylinux2014_x86_64 -r kubespray/requirements.txt`")
+    if wheels != "host" or deployer != "kubespray" or provider == "local":
+        return
+    if kube["source"] == "git":
+        chk.error("kubespray.wheels", wheels, "`host` reads kubespray's requirements.txt "
+                  "from a local kubespray.source, and kubespray.source is `git`",
+                  "set kubespray.source to a local copy (`git clone -b "
+                  f"{version or 'vX.Y.Z'} https://github.com/kubernetes-sigs/kubespray`), "
+                  "or use `wheels: pypi`")
+    rel = kubespray_releases.release(version) if version else None
+    if rel and os_name and kubespray_releases.controller_python(rel, os_name) is None:
+        chk.error("kubespray.wheels", wheels, f"halab does not know a Python of {os_name} "
+                  f"that kubespray {version} runs on, so it cannot pick the wheels",
+                  "use a box halab knows (the README's kubespray table) or give a folder "
+                  "of wheels built for the box's Python")
+    if os_name and os_name not in kubespray_releases.OS_GLIBC:
+        chk.error("kubespray.wheels", wheels, f"halab does not know the C library of "
+                  f"{os_name}, which decides the wheels' platform",
+                  "give a folder of wheels made for the box, or `wheels: pypi`")
+
+
+# the admin tools upstream publishes as single programs (no OS package)
+UPSTREAM_TOOLS = ("kubectl", "helm", "k9s", "kubecolor")
+
+
+def _linux_x86_64_problem(path: Path) -> str | None:
+    """Why `path` is no Linux x86-64 program, or None when it is one (ELF header)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(20)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if head[:4] == b"\x7fELF":
+        return None if head[18:20] == b"\x3e\x00" else "is a Linux program for another CPU"
+    if head[:4] in (b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe"):
+        return "is a macOS program"
+    if head[:2] == b"MZ":
+        return "is a Windows program"
+    if head[:2] == b"\x1f\x8b":
+        return "is a .tar.gz, not the program itself"
+    return "is not a Linux program"
+
+
+def _check_admin_tools_dir(chk, d, tools, recorded):
+    folder = d["admin_tools_dir"]
+    if folder is None:
+        return None
+    if not isinstance(folder, str) or not grammar.LOCAL_SOURCE.ok(folder):
+        chk.error("admin_tools_dir", folder, f"must be {grammar.LOCAL_SOURCE.says}",
+                  "e.g. `admin_tools_dir: ./admin-tools`")
+        return None
+    if recorded:
+        return folder
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        chk.error("admin_tools_dir", folder, "is not a folder", "make it and put the "
+                  "programs there (kubectl, helm, k9s: Linux x86-64)")
+        return folder
+    for tool in tools:
+        if tool not in UPSTREAM_TOOLS:
+            continue
+        prog = path / tool
+        if not prog.is_file():
+            chk.error("admin_tools_dir", folder, f"has no {tool} (admin_tools lists it)",
+                      f"put the {tool} program (Linux x86-64) there, or remove {tool} "
+                      "from admin_tools")
+        elif (why := _linux_x86_64_problem(prog)):
+            chk.error("admin_tools_dir", f"{folder}/{tool}", why,
+                      f"download the Linux x86-64 build of {tool} (for a .tar.gz: unpack "
+                      "it and keep the program)")
+    return folder
 
 
 def _check_network(chk, d, name, lb_count, load_balancer):
