@@ -190,6 +190,10 @@ def kubespray_vars(topo: Topology) -> dict[str, dict]:
         # download each file once on the runner side and copy it to the nodes
         "download_run_once": True,
         "download_localhost": False,
+        # kubespray hides a failed download's message behind no_log unless this is
+        # set; halab's failure report must say why (no route out, a wrong mirror ...).
+        # Its "unsafe" part is download credentials, which halab never sets.
+        "unsafe_show_logs": True,
     }
     sans = topo.api_sans()
     if s.case in (1, 2):
