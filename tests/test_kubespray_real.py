@@ -97,6 +97,13 @@ def lab_dir(vm_testbed, tmp_path_factory):
         pytest.skip(f"no {KUBECTL}: run `bash tools/build-k8s.sh` first")
     shutil.copy(KUBECTL, tools / "kubectl")
     (work / f"{LAB}.yaml").write_text(_scenario(tools))
+    # the test bed's namespace has no way out, like an offline classroom: the wheels
+    # are fetched beforehand on this machine, as an instructor would before class
+    # (`halab render` downloads them into halab's cache, where `halab up` finds them)
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-m", "lab.cli", "render", str(work / f"{LAB}.yaml"),
+                    "--out", str(work / "render")], check=True, timeout=900)
     yield work
     vm_testbed.run(["halab", "destroy", "--force"], cwd=work, timeout=900, check=False)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -491,3 +491,32 @@ def test_deploy_killed_midway_reads_as_interrupted():
     assert deploy_state_of({"state": "deployed", "pid": p.pid}) == "deployed"
     assert lab_health({"a": "running"}, "interrupted", {}) == "Interrupted"
     assert lab_health({"a": "running"}, "failed", {}) == "Failed"
+
+
+@pytest.mark.local
+def test_supervisor_private_tmp_keeps_a_fixed_tmp_path_to_the_node(tmp_path, throwaway_ns):
+    """Two services writing the same /tmp path (kubemark's fake runtime socket is
+    /tmp/kubelet_remote.sock) each write into their own folder; the host's /tmp stays
+    untouched."""
+    sup = Supervisor(tmp_path / "run", tmp_path / "logs", lambda node: throwaway_ns)
+    marker = f"halab-private-tmp-{os.getpid()}"
+    pids = []
+    try:
+        for node in ("n1", "n2"):
+            folder = tmp_path / node / "tmp"
+            conf = tmp_path / node / "conf"     # the lab's files stay readable (in /tmp here)
+            spec = ServiceSpec(node, "writer", ("sh", "-c", f"cat {conf} > /tmp/{marker}; "
+                                                      "exec sleep 300"),
+                               files={str(conf): f"{node}\n"}, private_tmp=str(folder))
+            pids.append(sup.start(spec))
+        for node in ("n1", "n2"):
+            path = tmp_path / node / "tmp" / marker
+            assert _wait(lambda: path.exists() and path.read_text().strip() == node, timeout=5)
+            assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert not Path("/tmp", marker).exists()
+        for node in ("n1", "n2"):
+            sup.stop(node, "writer", timeout=2)
+    finally:
+        for pid in pids:
+            if procs._group_alive(pid):
+                os.killpg(pid, signal.SIGKILL)

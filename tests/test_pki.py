@@ -51,7 +51,7 @@ def test_layout(files):
                 "apiserver-etcd-client.crt", "apiserver-etcd-client.key",
                 "apiserver-kubelet-client.crt", "apiserver-kubelet-client.key",
                 "controller-manager.crt", "controller-manager.key",
-                "scheduler.crt", "scheduler.key",
+                "scheduler.crt", "scheduler.key", "kube-proxy.crt", "kube-proxy.key",
                 "front-proxy-ca.crt", "front-proxy-ca.key",
                 "front-proxy-client.crt", "front-proxy-client.key"}
     for name, _ in CPS:
@@ -96,6 +96,7 @@ def test_etcd_members_separate():
     ("admin", "kubernetes-admin", ["system:masters"]),
     ("controller-manager", "system:kube-controller-manager", []),
     ("scheduler", "system:kube-scheduler", []),
+    ("kube-proxy", "system:kube-proxy", []),
     ("apiserver-etcd-client", "kube-apiserver-etcd-client", []),
     ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]),
     ("prober", "halab-prober", ["halab:probers"]),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from
-# Debian's `kubernetes` source package (1.20.x, fully vendored) and install them
-# into ${HALAB_CACHE:-$HOME/.cache/halab}/k8s/<version>/, with the symlink
-# .../k8s/default pointing at that directory.
+# Build kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and
+# kubemark (hollow nodes: the real kubelet and kube-proxy code with a fake container
+# runtime) from Debian's `kubernetes` source package (1.20.x, fully vendored) and
+# install them into ${HALAB_CACHE:-$HOME/.cache/halab}/k8s/<version>/, with the
+# symlink .../k8s/default pointing at that directory.
 #
 # Usage: bash tools/build-k8s.sh [--force] [--keep-work]
 #   --force      rebuild even if the cached binaries are present and run
@@ -12,11 +13,11 @@
 #   HALAB_CACHE       cache root (default: $HOME/.cache/halab)
 #   HALAB_BUILD_TMP   parent of the temporary work dir (default: ${TMPDIR:-/tmp})
 #
-# Needs root (or passwordless apt) for the apt steps; about 5 minutes and
+# Needs root (or passwordless apt) for the apt steps; about 7 minutes and
 # 1.5 GB of RAM on 2 cores, ~3 GB of temporary disk.
 set -euo pipefail
 
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubemark)
 CACHE_ROOT="${HALAB_CACHE:-$HOME/.cache/halab}"
 K8S_CACHE="$CACHE_ROOT/k8s"
 FORCE=0
@@ -27,7 +28,7 @@ for arg in "$@"; do
     --force) FORCE=1 ;;
     --keep-work) KEEP_WORK=1 ;;
     -h | --help)
-      sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)

@@ -219,6 +219,7 @@ def status(lab: Lab) -> int:
     rec = lab.record()
     faults = rec.faults
     rows, machines, svc_states = [], {}, {}
+    k8s = _k8s_nodes(lab, topo, prov, rec)
     for n in topo.nodes:
         m = prov.machine_state(n.name)
         machines[n.name] = m
@@ -227,15 +228,34 @@ def status(lab: Lab) -> int:
             node_svcs = prov.service_states(n.name)
             svc_states.update({f"{n.name}/{k}": v for k, v in node_svcs.items()})
             services = " ".join(f"{k}:{v}" for k, v in node_svcs.items()) or "-"
-        rows.append([n.name, n.role.replace("_", "-"), n.ip, m, services])
+        rows.append([n.name, n.role.replace("_", "-"), n.ip, m, k8s.get(n.name, "-"),
+                     services])
     deploy = deploy_state_of(rec.deploy)
     health = lab_health(machines, deploy, faults, svc_states)
     echo(f"{lab.name}: {health}")
     echo(f"  Case {s.case}, provider {s.provider}, deploy: {deploy or 'not deployed'}"
                + (f", faults injected: {', '.join(f'{k}={v}' for k, v in faults.items())}"
                   if faults else ""))
-    echo(table(["NODE", "ROLE", "ADDRESS", "STATE", "SERVICES"], rows, indent="  "))
+    echo(table(["NODE", "ROLE", "ADDRESS", "STATE", "KUBERNETES", "SERVICES"], rows,
+               indent="  "))
     return 0 if health == "Running" else 1
+
+
+def _k8s_nodes(lab: Lab, topo, prov, rec) -> dict[str, str]:
+    """Each cluster node's condition as the API tells it (Ready, NotReady, absent), or
+    "?" when the API does not answer; {} before a deploy."""
+    from lab.deploy.verify import cluster_nodes, expected_nodes
+    want = expected_nodes(lab, topo) if rec.deploy.get("state") == "deployed" else []
+    if not want:
+        return {}
+    seen = cluster_nodes(lab, topo, prov, "3s")
+    if seen is None:
+        return {n: "?" for n in want}
+    out = {}
+    for n in want:
+        info = seen.get(n)
+        out[n] = "absent" if info is None else ("Ready" if info["ready"] else "NotReady")
+    return out
 
 
 # ------------------------------------------------------------------ verify

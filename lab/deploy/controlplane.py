@@ -2,9 +2,17 @@
 
 `plan()` turns a topology into the programs each node runs (etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, HAProxy, keepalived, the workers' nginx
-proxy), with their files and flags. The local provider runs the plan in network
-namespaces; the VM provider runs the same plan over SSH as systemd units. There
-is no kubelet: this is a control-plane lab (see README).
+proxy, and on every node a kubelet and a kube-proxy), with their files and flags.
+The local provider runs the plan in network namespaces; the VM provider runs the
+same plan over SSH as systemd units.
+
+The nodes' kubelet and kube-proxy are Kubernetes' own kubemark "hollow" ones: the
+real kubelet and kube-proxy code (registration, node status, the Lease renewed every
+10 s, pod sync, the informers' long-lived watches, client-go's HTTP/2 health check)
+with a fake container runtime and fake iptables, so a pod "runs" without a container.
+They are the clients an HA control plane is for, and reach the API the way the Case
+says: a control plane its own API server, a worker its nginx proxy (Cases 1, 2) or
+the load balancer (Case 3).
 """
 from __future__ import annotations
 
@@ -185,8 +193,63 @@ def nginx_spec(topo: Topology, node: Node, lay: Layout) -> ServiceSpec:
                        (lay.nginx, "-p", lay.p("nginx"), "-c", conf), {conf: text})
 
 
+KUBELET_PORT = 10250
+# kubespray's control planes carry this taint: the workload goes to the workers
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/master=:NoSchedule"
+
+
+def node_api_server(topo: Topology, node: Node) -> str:
+    """Where a node's kubelet and kube-proxy reach the API: a control plane its own API
+    server (as kubespray's do), a worker its Case's path."""
+    if node.is_control_plane:
+        return f"https://127.0.0.1:{API_PORT}"
+    return topo.worker_path(node).server
+
+
+def node_agent_kubeconfig(topo: Topology, node: Node, pki: dict, cred: str, user: str) -> str:
+    server = node_api_server(topo, node)
+    return kubeconfig.dump(kubeconfig.config([(f"{topo.name}-{node.name}", server)], user,
+                                             pki["ca.crt"], pki[f"{cred}.crt"],
+                                             pki[f"{cred}.key"]))
+
+
+def kubelet_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
+    """The node's hollow kubelet, with the node's own identity (system:node:<node>, which
+    the API server's Node authorizer and NodeRestriction hold to its own objects)."""
+    kc = lay.p("kubelet.kubeconfig")
+    files = {kc: node_agent_kubeconfig(topo, node, pki, f"nodes/{node.name}",
+                                       f"system:node:{node.name}")}
+    argv = (lay.kubemark, "--morph=kubelet", f"--name={node.name}", f"--kubeconfig={kc}",
+            f"--kubelet-port={KUBELET_PORT}", "--kubelet-read-only-port=0")
+    if node.is_control_plane:
+        argv += (f"--register-with-taints={CONTROL_PLANE_TAINT}",)
+    return ServiceSpec(node.name, "kubelet", argv, files, private_tmp=lay.p("tmp", "kubelet"))
+
+
+def kube_proxy_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
+    """The node's hollow kube-proxy: the real informers on services and endpoint slices
+    (long-lived watches), rules written to a fake iptables."""
+    kc = lay.p("kube-proxy.kubeconfig")
+    files = {kc: node_agent_kubeconfig(topo, node, pki, "kube-proxy", "system:kube-proxy")}
+    argv = (lay.kubemark, "--morph=proxy", f"--name={node.name}", f"--kubeconfig={kc}",
+            "--use-real-proxier=false")
+    return ServiceSpec(node.name, "kube-proxy", argv, files)
+
+
+def node_agent_specs(topo: Topology, layout_of, pki: dict) -> list[ServiceSpec]:
+    """kubelet and kube-proxy on every node of the cluster (none where the provider has
+    no kubemark program for it)."""
+    specs: list[ServiceSpec] = []
+    for n in (*topo.control_planes, *topo.workers):
+        lay = layout_of(n.name)
+        if lay.kubemark:
+            specs += [kubelet_spec(topo, n, lay, pki), kube_proxy_spec(topo, n, lay, pki)]
+    return specs
+
+
 def plan(topo: Topology, pki: dict, layout_of, secrets, iface: str = "lab0") -> list[ServiceSpec]:
-    """Every program of the lab, in start order (etcd, API servers, components, LBs, proxies)."""
+    """Every program of the lab, in start order (etcd, API servers, components, LBs,
+    proxies, then every node's kubelet and kube-proxy)."""
     specs: list[ServiceSpec] = []
     for m in topo.etcd_members:
         specs.append(etcd_spec(topo, m, layout_of(m.name), pki))
@@ -203,7 +266,7 @@ def plan(topo: Topology, pki: dict, layout_of, secrets, iface: str = "lab0") -> 
     if topo.workers_use_local_proxy:
         for w in topo.workers:
             specs.append(nginx_spec(topo, w, layout_of(w.name)))
-    return specs
+    return specs + node_agent_specs(topo, layout_of, pki)
 
 
 def plan_for(provider, topo: Topology, pki: dict, secrets) -> list[ServiceSpec]:

@@ -20,6 +20,7 @@ Everything is generated in memory with `cryptography` and returned as a dict
     admin.crt/.key                              CN=kubernetes-admin, O=system:masters
     controller-manager.crt/.key                 CN=system:kube-controller-manager
     scheduler.crt/.key                          CN=system:kube-scheduler
+    kube-proxy.crt/.key                         CN=system:kube-proxy (every node's kube-proxy)
     sa.key, sa.pub                              service-account signing key pair (RSA 2048)
     front-proxy-ca.crt/.key, front-proxy-client.crt/.key   (front_proxy=True)
 
@@ -219,6 +220,8 @@ def build_pki(cluster_name: str, control_planes: Sequence[tuple[str, str]],
         "controller-manager": ("system:kube-controller-manager", ()),
         "scheduler": ("system:kube-scheduler", ()),
         "prober": (PROBER_USER, (PROBER_GROUP,)),
+        # every node's kube-proxy (bootstrap RBAC binds this user to system:node-proxier)
+        "kube-proxy": ("system:kube-proxy", ()),
     }
     for base, (cn, orgs) in clients.items():
         files[f"{base}.crt"], files[f"{base}.key"] = ca.issue(cn, orgs, usages=CLIENT)

@@ -78,20 +78,26 @@ subjects:
 """
 
 
-def bind_prober(lab: Lab, provider, tries: int = 6) -> None:
-    """halab's probes on nodes may read, nothing else. An emulated
-    lab's API can be slow for a while after it first answers: a few tries."""
+def apply_manifest(lab: Lab, provider, text: str, what: str, tries: int = 6,
+                   pause: float = 5.0) -> None:
+    """`kubectl apply -f -` from the student's laptop, a few tries: an emulated lab's API
+    can be slow for a while after it first answers, and a new namespace has no
+    ServiceAccount until the controller-manager has made one."""
     for attempt in range(tries):
         r = provider.run("client", [provider.kubectl, f"--kubeconfig={lab.kubeconfig}",
                                     "--request-timeout=30s", "apply", "-f", "-"],
-                         timeout=90, input=PROBER_BINDING % pkilib.PROBER_GROUP)
+                         timeout=90, input=text)
         if r.returncode == 0:
             return
-        time.sleep(5)
-    if r.returncode != 0:
-        raise HalabError(f"could not give halab's prober its read-only role: "
-                         f"{(r.stderr or r.stdout).strip()[-300:]}",
-                         hint="run `halab deploy` again")
+        time.sleep(pause)
+    raise HalabError(f"could not apply {what}: {(r.stderr or r.stdout).strip()[-300:]}",
+                     hint="run `halab deploy` again")
+
+
+def bind_prober(lab: Lab, provider, tries: int = 6) -> None:
+    """halab's probes on nodes may read, nothing else."""
+    apply_manifest(lab, provider, PROBER_BINDING % pkilib.PROBER_GROUP,
+                   "halab's prober its read-only role", tries)
 
 
 def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
@@ -105,7 +111,12 @@ def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
     t0 = time.monotonic()
     with lab.step("deploy"):
         pki = load_or_create_pki(lab, topo)
+        if "kube-proxy.crt" not in pki:
+            raise HalabError(f"lab {lab.name}'s certificates were made by an older halab and "
+                             "lack the nodes' kube-proxy identity",
+                             hint="halab destroy, then halab up again")
         specs = controlplane.plan_for(provider, topo, pki, secrets)
+        nodes = [spec.node for spec in specs if spec.name == "kubelet"]
         taken = provider.ports_taken(specs)
         if taken:
             raise HalabError("; ".join(taken),
@@ -114,10 +125,25 @@ def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
         provider.start(specs, progress)
         write_kubeconfigs(lab, topo, pki, provider)
         progress("waiting for every access path to answer /readyz")
+        from lab.deploy import verify
         from lab.deploy.verify import wait_ready
         ready = wait_ready(lab, topo, provider, timeout=timeout, progress=progress)
         bind_prober(lab, provider)
+        times: dict = {}
+        replicas = verify.workload_replicas(topo) if nodes else 0
+        if nodes:
+            if replicas:
+                apply_manifest(lab, provider, verify.workload_manifest(topo, replicas),
+                               f"the workload {verify.WORKLOAD_NAMESPACE}/{verify.WORKLOAD}")
+            else:
+                progress("no workers: no workload (the control planes are tainted NoSchedule)")
+            progress(f"waiting for {len(nodes)} nodes to be Ready")
+            times = verify.wait_nodes(lab, topo, provider, nodes, replicas, timeout, progress)
+        else:
+            progress("no kubemark program beside the Kubernetes binaries: this lab has no "
+                     "nodes (kubelet, kube-proxy); `bash tools/build-k8s.sh` builds it")
     seconds = round(time.monotonic() - t0, 1)
     lab.update(deploy={"state": "deployed", "deployer": "static", "seconds": seconds,
-                       "ready_paths": ready})
+                       "ready_paths": ready, "nodes": nodes, "workload_replicas": replicas,
+                       **times})
     return {"seconds": seconds}

@@ -187,6 +187,171 @@ def lease_holder(lab, topo, provider, name: str) -> str | None:
     return cp.stdout.strip()
 
 
+# ------------------------------------------------------------------ nodes and the workload
+
+WORKLOAD_NAMESPACE = "halab-workload"
+WORKLOAD = "halab-demo"
+
+
+def expected_nodes(lab, topo: Topology) -> list[str]:
+    """The Kubernetes nodes this lab should have: kubespray registers every control plane
+    and worker; halab's control plane has the nodes its deploy started a kubelet on."""
+    if topo.scenario.uses_kubespray:
+        return [n.name for n in (*topo.control_planes, *topo.workers)]
+    return list(lab.record().deploy.get("nodes") or [])
+
+
+def parse_nodes(doc: dict) -> dict[str, dict]:
+    """`kubectl get nodes -o json` -> {node: {ready, taints, version, address}} (pure)."""
+    out = {}
+    for item in doc.get("items", []):
+        name = item.get("metadata", {}).get("name", "?")
+        status = item.get("status", {})
+        ready = next((c.get("status") == "True" for c in status.get("conditions", [])
+                      if c.get("type") == "Ready"), False)
+        address = next((a.get("address") for a in status.get("addresses", [])
+                        if a.get("type") == "InternalIP"), "")
+        out[name] = {"ready": ready,
+                     "taints": [f"{t.get('key')}:{t.get('effect')}"
+                                for t in item.get("spec", {}).get("taints", []) or []],
+                     "version": status.get("nodeInfo", {}).get("kubeletVersion", ""),
+                     "address": address}
+    return out
+
+
+def cluster_nodes(lab, topo: Topology, provider, timeout: str = "5s") -> dict[str, dict] | None:
+    """The cluster's nodes as the external path sees them; None if it does not answer."""
+    node, argv = path_command(lab, topo, provider, topo.external_path(), timeout,
+                              ("get", "nodes", "-o", "json"))
+    cp = provider.run(node, argv, timeout=20)
+    if cp.returncode != 0:
+        return None
+    try:
+        return parse_nodes(json.loads(cp.stdout))
+    except ValueError:
+        return None
+
+
+def nodes_check(lab, topo: Topology, provider) -> Check | None:
+    want = expected_nodes(lab, topo)
+    if not want:
+        return None
+    seen = cluster_nodes(lab, topo, provider)
+    if seen is None:
+        return Check("nodes Ready", f"{len(want)} nodes", False, "the API did not answer",
+                     "see the access path checks")
+    ready = [n for n in want if seen.get(n, {}).get("ready")]
+    missing = [n for n in want if n not in seen]
+    not_ready = [n for n in want if n in seen and n not in ready]
+    detail = f"Ready {len(ready)}/{len(want)}" + \
+        (f"; not registered: {', '.join(missing)}" if missing else "") + \
+        (f"; NotReady: {', '.join(not_ready)}" if not_ready else "")
+    bad = missing + not_ready
+    return Check("nodes Ready", f"{len(want)} nodes", not bad, detail,
+                 "" if not bad else f"look at the kubelet log of {', '.join(bad)} ({lab.logs})")
+
+
+def workload_manifest(topo: Topology, replicas: int) -> str:
+    """halab's small workload: a Deployment spread over the workers, with a
+    PodDisruptionBudget (policy/v1beta1 on halab's Kubernetes 1.20, policy/v1 from
+    1.21, which kubespray's releases deploy)."""
+    pdb_api = "policy/v1" if topo.scenario.uses_kubespray else "policy/v1beta1"
+    return f"""apiVersion: v1
+kind: Namespace
+metadata:
+  name: {WORKLOAD_NAMESPACE}
+  labels: {{app.kubernetes.io/managed-by: halab}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {WORKLOAD}
+  namespace: {WORKLOAD_NAMESPACE}
+  labels: {{app.kubernetes.io/managed-by: halab}}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {WORKLOAD}}}
+  template:
+    metadata:
+      labels: {{app: {WORKLOAD}}}
+    spec:
+      automountServiceAccountToken: false
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: ScheduleAnyway
+        labelSelector:
+          matchLabels: {{app: {WORKLOAD}}}
+      containers:
+      - name: pause
+        image: registry.k8s.io/pause:3.2
+---
+apiVersion: {pdb_api}
+kind: PodDisruptionBudget
+metadata:
+  name: {WORKLOAD}
+  namespace: {WORKLOAD_NAMESPACE}
+  labels: {{app.kubernetes.io/managed-by: halab}}
+spec:
+  minAvailable: 1
+  selector:
+    matchLabels: {{app: {WORKLOAD}}}
+"""
+
+
+def workload_replicas(topo: Topology) -> int:
+    """One pod per worker, at least two (the PDB then always allows one eviction);
+    none without workers (the control planes are tainted NoSchedule)."""
+    return max(2, len(topo.workers)) if topo.workers else 0
+
+
+def parse_pods(doc: dict) -> list[dict]:
+    """`kubectl get pods -o json` -> [{name, node, phase, ready}] (pure)."""
+    out = []
+    for item in doc.get("items", []):
+        status = item.get("status", {})
+        ready = next((c.get("status") == "True" for c in status.get("conditions", [])
+                      if c.get("type") == "Ready"), False)
+        out.append({"name": item.get("metadata", {}).get("name", "?"),
+                    "node": item.get("spec", {}).get("nodeName") or "",
+                    "phase": status.get("phase", "?"), "ready": ready})
+    return out
+
+
+def workload_pods(lab, topo: Topology, provider) -> list[dict] | None:
+    node, argv = path_command(lab, topo, provider, topo.external_path(), "5s",
+                              ("-n", WORKLOAD_NAMESPACE, "get", "pods", "-l",
+                               f"app={WORKLOAD}", "-o", "json"))
+    cp = provider.run(node, argv, timeout=20)
+    if cp.returncode != 0:
+        return None
+    try:
+        return parse_pods(json.loads(cp.stdout))
+    except ValueError:
+        return None
+
+
+def workload_check(lab, topo: Topology, provider) -> Check | None:
+    want = int(lab.record().deploy.get("workload_replicas") or 0)
+    if not want:
+        return None
+    pods = workload_pods(lab, topo, provider)
+    target = f"{WORKLOAD_NAMESPACE}/{WORKLOAD}"
+    if pods is None:
+        return Check("workload", target, False, "the API did not answer",
+                     "see the access path checks")
+    running = [p for p in pods if p["phase"] == "Running" and p["ready"]]
+    nodes = sorted({p["node"] for p in running})
+    ok = len(running) >= want
+    detail = (f"{len(running)}/{want} pods Running on {', '.join(nodes) or 'no node'}"
+              + ("" if ok else "; " + ", ".join(f"{p['name']} {p['phase']}"
+                                                 for p in pods if p not in running)))
+    return Check("workload", target, ok, detail,
+                 "" if ok else "kubectl -n halab-workload describe pods: scheduler events, "
+                               "node taints, the workers' kubelet logs")
+
+
 def run_checks(lab, topo: Topology, provider, write: bool = True) -> list[Check]:
     checks = [check_path(lab, topo, provider, p) for p in topo.access_paths()]
     for lb in topo.load_balancers:
@@ -207,6 +372,8 @@ def run_checks(lab, topo: Topology, provider, write: bool = True) -> list[Check]
         holder = lease_holder(lab, topo, provider, lease)
         checks.append(Check("lease holder", lease, holder is not None, holder or "none",
                             "" if holder else f"is {lease} running on a control plane?"))
+    checks += [c for c in (nodes_check(lab, topo, provider),
+                           workload_check(lab, topo, provider)) if c is not None]
     for w in topo.workers:
         if not provider.capabilities.supervised:
             continue   # on VMs systemd runs nginx; the worker's own path check covers it
@@ -266,6 +433,48 @@ def wait_ready(lab, topo, provider, timeout: float = 180, progress=lambda m: Non
             time.sleep(0.5)
         progress(f"{lease} lease held")
     return ready
+
+
+def wait_nodes(lab, topo, provider, names: list[str], replicas: int, timeout: float,
+               progress=lambda m: None) -> dict:
+    """Wait until every node in `names` is Ready and, with `replicas`, the workload's
+    pods Running; returns {"nodes_ready_s": ..., "workload_running_s": ...}."""
+    from lab.errors import HalabError
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    times: dict = {}
+    seen: dict = {}
+    while True:
+        seen = cluster_nodes(lab, topo, provider, "3s") or {}
+        if all(seen.get(n, {}).get("ready") for n in names):
+            break
+        dead = provider.dead_services()
+        if dead:
+            raise HalabError(f"{len(dead)} service(s) exited: " + "; ".join(dead),
+                             hint=f"full logs in {lab.logs}; fix, then `halab up` again")
+        if time.monotonic() > deadline:
+            bad = [n for n in names if not seen.get(n, {}).get("ready")]
+            raise HalabError(f"nodes not Ready after {timeout:.0f} s: {', '.join(bad)}",
+                             hint=f"look at their kubelet logs in {lab.logs}, then "
+                                  "`halab verify`")
+        time.sleep(0.5)
+    times["nodes_ready_s"] = round(time.monotonic() - t0, 1)
+    progress(f"nodes Ready {len(names)}/{len(names)}: {', '.join(names)}")
+    if replicas:
+        while True:
+            pods = workload_pods(lab, topo, provider) or []
+            running = [p for p in pods if p["phase"] == "Running" and p["ready"]]
+            if len(running) >= replicas:
+                break
+            if time.monotonic() > deadline:
+                raise HalabError(f"workload {WORKLOAD_NAMESPACE}/{WORKLOAD}: {len(running)}/"
+                                 f"{replicas} pods Running after {timeout:.0f} s",
+                                 hint=f"kubectl -n {WORKLOAD_NAMESPACE} describe pods")
+            time.sleep(0.5)
+        times["workload_running_s"] = round(time.monotonic() - t0, 1)
+        progress(f"workload {WORKLOAD_NAMESPACE}/{WORKLOAD}: {replicas} pods Running on "
+                 f"{', '.join(sorted({p['node'] for p in running}))}")
+    return times
 
 
 def _ready(lab, topo, provider, path, ready, progress) -> bool:

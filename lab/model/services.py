@@ -26,6 +26,7 @@ class Layout:
     nginx: str = "nginx"
     keepalived: str = "keepalived"
     nginx_modules: tuple = ()
+    kubemark: str = ""        # the hollow kubelet/kube-proxy program; "" = this lab has no nodes
     local: bool = True        # local provider (runtime paths inside `base`) or a VM
     emulated: bool = False    # a VM without hardware virtualization (QEMU TCG): 10-20x slower
 
@@ -52,6 +53,10 @@ class ServiceSpec:
     unit: str = ""
     manifest: str = ""
     cwd: str = ""             # the folder it runs in (locally; relative paths in its config)
+    # a /tmp of its own (kubemark's hollow kubelet keeps its fake runtime's socket at the
+    # fixed path /tmp/kubelet_remote.sock): this folder bound over /tmp locally, where
+    # every node shares the host's files; systemd's PrivateTmp on a VM
+    private_tmp: str = ""
 
     @property
     def managed(self) -> bool:

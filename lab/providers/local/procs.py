@@ -109,15 +109,26 @@ class Supervisor:
         log.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile(spec.node, spec.name).parent.mkdir(parents=True, exist_ok=True)
         # own UTS namespace so the node's name is the hostname (lease holders show it)
+        unshare, loop, env = ["unshare", "--uts"], RESTART_LOOP, {**os.environ, **spec.env}
+        if spec.private_tmp:
+            # every node shares this machine's files: a program that keeps fixed paths
+            # in /tmp gets the node's own folder there, in a mount namespace of its own
+            Path(spec.private_tmp).mkdir(parents=True, exist_ok=True, mode=0o700)
+            unshare += ["--mount", "--propagation", "private"]
+            loop = PRIVATE_TMP + RESTART_LOOP
+            env["HALAB_PRIVATE_TMP"] = str(Path(spec.private_tmp).resolve())
+            # the folder of its files stays where it is, also when the lab lies in /tmp
+            env["HALAB_KEEP"] = os.path.commonpath(
+                [str(Path(f).parent.resolve()) for f in spec.files] or ["/"])
         argv = exec_prefix(self.ns_of(spec.node)) + [
-            "unshare", "--uts", "--", "sh", "-c", RESTART_LOOP, spec.node, *spec.argv]
+            *unshare, "--", "sh", "-c", loop, spec.node, *spec.argv]
         with open(log, "ab") as out:
             out.write(f"--- halab start {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                       f"{' '.join(spec.argv)}\n".encode())
             out.flush()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, **spec.env}, close_fds=True,
+                                    env=env, close_fds=True,
                                     cwd=spec.cwd or None)
         start = None
         for _ in range(50):
@@ -186,6 +197,14 @@ RESTART_MARK = "halab: program exited"
 # first back-off step.
 RESTART_LOOP = ('hostname "$0"; while :; do "$@"; rc=$?; '
                 f'echo "{RESTART_MARK} with status $rc; restarting in 1 s" >&2; sleep 1; done')
+
+
+# The service's own folder goes over /tmp. A folder of the host's /tmp that the program
+# reads (its files: a lab made in /tmp) is bound first, inside the private folder at the
+# same path, and comes along (--rbind).
+PRIVATE_TMP = ('case "$HALAB_KEEP" in /tmp/*) keep="$HALAB_PRIVATE_TMP${HALAB_KEEP#/tmp}"; '
+               'mkdir -p "$keep" && mount --bind "$HALAB_KEEP" "$keep" || exit 1;; esac; '
+               'mount --rbind "$HALAB_PRIVATE_TMP" /tmp || exit 1; ')
 
 
 def _group_alive(pgid: int) -> bool:

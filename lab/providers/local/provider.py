@@ -83,8 +83,16 @@ class LocalProvider:
     def layout(self, node: str) -> Layout:
         modules = (NGINX_STREAM_MODULE,) if Path(NGINX_STREAM_MODULE).exists() else ()
         return Layout(base=str(self.lab.path / "nodes" / node),
-                                   k8s_bin=self.k8s_bin_dir or "", nginx_modules=modules,
-                                   local=True)
+                      k8s_bin=self.k8s_bin_dir or "", nginx_modules=modules,
+                      kubemark=self.kubemark or "", local=True)
+
+    @property
+    def kubemark(self) -> str | None:
+        """The hollow kubelet/kube-proxy program beside the control-plane binaries, if
+        any (`tools/build-k8s.sh` builds it; Kubernetes publishes no kubemark binary,
+        so `halab fetch-k8s` cannot bring it)."""
+        path = Path(self.k8s_bin_dir or "") / "kubemark"
+        return str(path) if self.k8s_bin_dir and path.is_file() else None
 
     # ------------------------------------------------------------ checks
     def preflight(self, need_k8s: bool = True) -> None:
@@ -102,7 +110,7 @@ class LocalProvider:
         """Ports our services need that something else in their namespace already holds."""
         wanted = {"etcd": (2379, 2380), "kube-apiserver": (API_PORT,),
                   "kube-controller-manager": (10257,), "kube-scheduler": (10259,),
-                  "haproxy": (API_PORT,), "nginx-proxy": (API_PORT,)}
+                  "haproxy": (API_PORT,), "nginx-proxy": (API_PORT,), "kubelet": (10250,)}
         problems, listening = [], {}
         for spec in specs:
             if self.sup.pid(spec.node, spec.name) is not None:

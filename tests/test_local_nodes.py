@@ -1,0 +1,136 @@
+"""Real nodes in a local lab (root, marker `local`): kubemark's hollow kubelet and
+kube-proxy on every node of a case2 lab, against the lab's real control plane.
+
+`halab up` waits until every node is Ready and halab's workload (a Deployment over the
+workers with a PodDisruptionBudget) runs; `halab verify` says so; `halab status` shows
+each node's condition; each kubelet renews its own Lease and may touch no other node's
+objects (Node authorizer, NodeRestriction); `halab destroy` leaves no kubelet or proxy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.drill_labs import DrillLab, skip_reason, wait_for
+
+REASON = skip_reason()
+KUBEMARK_MISSING = None
+if REASON is None:
+    from lab.host.k8sbin import find_k8s_binaries
+    if not (find_k8s_binaries(check_version=False).directory / "kubemark").is_file():
+        KUBEMARK_MISSING = "no kubemark beside the Kubernetes binaries: bash tools/build-k8s.sh"
+pytestmark = [pytest.mark.local,
+              *([pytest.mark.skip(reason=REASON or KUBEMARK_MISSING)]
+                if REASON or KUBEMARK_MISSING else [])]
+NODES = ["k8s-node1", "k8s-node2", "k8s-node3", "k8s-node4", "k8s-node5"]
+RECORD = os.environ.get("HALAB_RECORD_NODES_DATA")   # refresh tests/data/nodes/*.json
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nodes")
+    lab = DrillLab("case2", folder)
+    lab.name = f"nd{os.getpid() % 100000}"
+    lab.scenario.write_text(f"extends: case2\nname: {lab.name}\n")
+    lab.path = folder / ".halab" / lab.name
+    try:
+        lab.up = lab.halab("up", str(lab.scenario), "--provider", "local", lab=False,
+                           timeout=300)
+        yield lab
+    finally:
+        try:
+            lab.halab("destroy", "--force", check=False, timeout=180)
+        finally:
+            lab.kill_leftovers()
+
+
+def kubectl(lab, *args, check=True) -> subprocess.CompletedProcess:
+    return lab.halab("kubectl", "--lab", lab.name, "--", *args, check=check, timeout=60,
+                     lab=False)
+
+
+def test_up_waits_until_every_node_is_ready_and_the_workload_runs(lab):
+    out = lab.up.stdout
+    assert "nodes Ready 5/5" in out, out
+    assert "workload halab-workload/halab-demo: 2 pods Running on k8s-node4, k8s-node5" in out
+    deploy = lab.record().deploy
+    assert deploy["nodes"] == NODES and deploy["workload_replicas"] == 2
+    assert 0 < deploy["nodes_ready_s"] <= deploy["workload_running_s"]
+
+    nodes = json.loads(kubectl(lab, "get", "nodes", "-o", "json").stdout)
+    pods = json.loads(kubectl(lab, "-n", "halab-workload", "get", "pods", "-o", "json").stdout)
+    if RECORD:
+        data = Path(__file__).parent / "data" / "nodes"
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "nodes.json").write_text(json.dumps(nodes, indent=1) + "\n")
+        (data / "pods.json").write_text(json.dumps(pods, indent=1) + "\n")
+    by_name = {n["metadata"]["name"]: n for n in nodes["items"]}
+    assert sorted(by_name) == NODES
+    for name, node in by_name.items():
+        status = node["status"]
+        # a real version, and the node's own lab address
+        assert status["nodeInfo"]["kubeletVersion"] == "v1.20.2", status["nodeInfo"]
+        addresses = {a["type"]: a["address"] for a in status["addresses"]}
+        assert addresses["InternalIP"] == f"192.168.10.1{name[-1]}", addresses
+    assert all(p["status"]["phase"] == "Running" for p in pods["items"])
+
+
+def test_verify_checks_the_nodes_and_the_workload(lab):
+    cp = lab.verify()
+    assert cp.returncode == 0, cp.stdout
+    assert "nodes Ready" in cp.stdout and "Ready 5/5" in cp.stdout
+    assert "2/2 pods Running on k8s-node4, k8s-node5" in cp.stdout
+
+
+def test_status_shows_each_nodes_condition(lab):
+    cp = lab.halab("status")
+    rows = {line.split()[0]: line for line in cp.stdout.splitlines()[3:] if line.strip()}
+    for n in NODES:
+        assert " Ready " in rows[n], cp.stdout
+        assert "kubelet:running" in rows[n] and "kube-proxy:running" in rows[n]
+    assert " - " in rows["admin-lb"]
+
+
+def test_each_kubelet_renews_its_own_lease_and_touches_no_other_node(lab):
+    leases = json.loads(kubectl(lab, "-n", "kube-node-lease", "get", "leases",
+                                "-o", "json").stdout)
+    holders = {l["metadata"]["name"]: l["spec"]["holderIdentity"] for l in leases["items"]}
+    assert holders == {n: n for n in NODES}
+    # k8s-node4's own identity may not change k8s-node5 (the Node authorizer and
+    # NodeRestriction): the kubeconfig its kubelet uses, through its own path
+    kc = lab.path / "nodes" / "k8s-node4" / "kubelet.kubeconfig"
+    from lab.host.k8sbin import find_k8s_binaries
+    kubectl_bin = str(find_k8s_binaries(check_version=False).kubectl)
+
+    def label(node, value):
+        return lab.halab("ssh", "--lab", lab.name, "k8s-node4", "--", kubectl_bin,
+                         f"--kubeconfig={kc}", "label", "node", node, f"halab-test={value}",
+                         "--overwrite", check=False, lab=False)
+    own, other = label("k8s-node4", "own"), label("k8s-node5", "other")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert other.returncode != 0 and "forbidden" in (other.stdout + other.stderr).lower()
+
+
+def test_a_killed_kubelet_is_restarted_and_its_node_is_ready_again(lab):
+    from lab.providers.local import procs
+    pidfile = lab.path / "run" / "k8s-node5" / "kubelet.pid"
+    loop = int(pidfile.read_text().split()[0])
+    child = procs._children(loop)[0]
+    os.kill(child, 9)
+    assert wait_for(lambda: procs._children(loop) and procs._children(loop)[0] != child
+                    and "--morph=kubelet" in procs._cmdline(procs._children(loop)[0]), 10)
+    # a new kubelet reports NotReady until its runtime and pod lifecycle checks have run
+    cp = lab.halab("verify", "--wait", "60", check=False, timeout=120)
+    assert cp.returncode == 0, cp.stdout
+
+
+def test_destroy_leaves_no_kubelet_or_proxy(lab):
+    cp = lab.halab("destroy", "--force")
+    assert "nothing left behind" in cp.stdout, cp.stdout
+    ps = subprocess.run(["pgrep", "-af", "kubemark"], capture_output=True, text=True).stdout
+    assert lab.name not in ps, ps
+    assert not lab.path.exists() or not (lab.path / "nodes").exists()
