@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 
 from lab.errors import HalabError
 from lab.deploy.kubeconfig import PROBER_KUBECONFIG, default_context
-from lab.deploy.verify import api_servers, etcd_probe, etcd_view, one_shot_etcd, prober_argv
-from lab.drill import expect, faults as faultlib, journal as jlib, verdict as verdictlib
+from lab.deploy.verify import (api_servers, etcd_probe, etcd_view, expected_nodes,
+                               one_shot_etcd, prober_argv)
+from lab.drill import expect, faults as faultlib, journal as jlib, nodes as nodelib
+from lab.drill import verdict as verdictlib
 
 CLIENT = "client"
 MIN_AUTO_DURATION = 15.0
@@ -167,6 +169,35 @@ def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[Pr
     etcd_node, etcd_argv = etcd_probe(lab, topo, provider, s.lease_interval, s.probe_timeout,
                                       avoid=tuple(targets))
     specs.append(ProbeSpec("etcd", "etcd", etcd_node, etcd_argv))
+    if expected_nodes(lab, topo):
+        specs += watch_plan(lab, topo, provider, obs, s)
+    return specs
+
+
+# a watch's connection is given up after this long without a byte: client-go's HTTP/2
+# health check (read idle 30 s, then a ping that gets 15 s) closes a dead one
+WATCH_IDLE = 45.0
+
+
+def watch_plan(lab, topo, provider, observer_context: str, s: Settings) -> list[ProbeSpec]:
+    """The cluster's own clients, imitated: on every access path a long-lived watch on the
+    nodes' Leases, as a kubelet or kube-proxy holds it, and one on the Nodes through a
+    control plane the fault does not touch (lab.drill.nodes reads them)."""
+    specs = []
+    tail = ["--timeout", str(max(s.probe_timeout, 2.0)), "--idle", str(WATCH_IDLE)]
+    for p in topo.access_paths():
+        if p.runs_on == "client":
+            kc, node = str(lab.kubeconfig), CLIENT
+        else:
+            kc, node = provider.layout(p.runs_on).p(PROBER_KUBECONFIG), p.runs_on
+        ctx = path_context(topo, p)
+        specs.append(ProbeSpec(f"{nodelib.WATCH_PREFIX}{p.key}", "watch", node,
+                               prober_argv(provider, node) + [
+                                   "--mode", "watch", "--resource", "leases", "--kubeconfig",
+                                   kc, *(["--context", ctx] if ctx else []), *tail]))
+    specs.append(ProbeSpec(nodelib.NODES_WATCH, "watch", CLIENT, prober_argv(provider, CLIENT) + [
+        "--mode", "watch", "--resource", "nodes", "--kubeconfig", str(lab.kubeconfig),
+        "--context", observer_context, *tail]))
     return specs
 
 
@@ -195,6 +226,7 @@ class Collector:
         self.etcd: list = []        # [t, leader, [down]] on change
         self.haproxy: list = []     # [t, lb, server, status, check_status] on change
         self.vip: list = []         # [t, [holders]] on change
+        self.watches: dict[str, list] = defaultdict(list)   # long-lived watches' records
         self.etcd_ids: dict = {}
         self.clock_offsets: dict[str, float] = {}  # per probe on a node: its clock vs ours
         self.outages: dict[str, float] = {}   # a node's worker is gone since (see _supervise)
@@ -289,6 +321,8 @@ class Collector:
                     if rec.get("lag", 0) >= 0.05:
                         row["lag"] = rec["lag"]
                     self.probes[spec.key].append(row)
+                elif spec.mode == "watch":
+                    self.watches[spec.key].append(rec)
                 elif spec.mode == "lease":
                     self._lease(rec)
                 elif spec.mode == "etcd":
@@ -414,6 +448,7 @@ class Collector:
                     "prober_restarts": dict(self.restarts),
                     "leases": list(self.leases), "etcd": list(self.etcd),
                     "haproxy": list(self.haproxy), "vip": list(self.vip),
+                    "watches": {k: list(v) for k, v in self.watches.items()},
                     "clock_offsets": {k: round(v, 3) for k, v in self.clock_offsets.items()}}
 
 
@@ -668,6 +703,8 @@ class Drill:
             self.journal["after"] = after
         self.mark("finished")
         self.journal.update(self.collector.snapshot())
+        self.journal["nodes"] = nodelib.node_lanes(self.journal)
+        self.journal["long_lived"] = nodelib.long_lived(self.journal)
         self.journal["verdict"] = verdictlib.judge(self.journal)
         self.save()
         if status == "interrupted":

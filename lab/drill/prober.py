@@ -14,6 +14,14 @@ Modes (one JSON line per result on stdout, `t` is the probe's start, wall clock;
     etcd   POST /v3/maintenance/status per member {"t", "members": {ip: {...}}}
     cleanup  DELETE the ConfigMaps a write prober left (label halab-drill=ID), once
     canary GET a loopback server of its own: measures the host, not the lab
+    watch  one long-lived LIST+WATCH, as client-go's informers keep it (kubelet, kube-proxy
+           and the controllers are such clients), of the nodes' Leases or of the Nodes:
+           {"t", "kind": "lease", "node", "renew"} per renewal a kubelet made,
+           {"t", "kind": "node", "node", "ready", "taints"} per change of a Node,
+           {"t", "kind": "conn", "state": "open"|"broken", "err"} for the connection
+           itself. A connection that carries nothing for `--idle` seconds is given up,
+           as client-go's HTTP/2 health check gives up on one (read idle 30 s + ping
+           15 s); the watch then starts again, from the last resourceVersion it saw
 
 Names resolve through the namespace's /etc/hosts (`ip netns exec` bind-mounts
 /etc/netns/<ns>/hosts), so `localhost` and the LB name mean what they mean on
@@ -262,6 +270,149 @@ def start_canary_server() -> str:
     return f"http://127.0.0.1:{srv.server_address[1]}"
 
 
+# ------------------------------------------------------------------ long-lived watches
+
+WATCHES = {
+    "leases": "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+    "nodes": "/api/v1/nodes",
+}
+
+
+def rfc3339(text: str | None) -> float | None:
+    """Kubernetes' times (`2026-12-04T14:41:08.116333Z`, MicroTime or Time) -> epoch."""
+    if not text:
+        return None
+    from datetime import datetime, timezone
+    text = text.rstrip("Z")
+    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
+    return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+
+
+def event_record(resource: str, obj: dict) -> dict | None:
+    """What a watch event says, as a probe record (without "t")."""
+    name = obj.get("metadata", {}).get("name")
+    if resource == "leases":
+        renew = rfc3339(obj.get("spec", {}).get("renewTime"))
+        return {"kind": "lease", "node": name, "renew": renew} if renew else None
+    conds = obj.get("status", {}).get("conditions", []) or []
+    ready = next((c for c in conds if c.get("type") == "Ready"), {})
+    return {"kind": "node", "node": name, "ready": ready.get("status") == "True",
+            "reason": ready.get("reason", ""),
+            "taints": sorted(f"{t.get('key')}:{t.get('effect')}"
+                             for t in obj.get("spec", {}).get("taints", []) or [])}
+
+
+class Stream:
+    """An HTTP/1.1 response read as it arrives, chunk by chunk, one line at a time."""
+
+    def __init__(self, sock, idle: float):
+        self.sock, self.idle, self.buf = sock, idle, b""
+
+    def _more(self) -> bytes:
+        self.sock.settimeout(self.idle)
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the watch")
+        return data
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            self.buf += self._more()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def head(self) -> int:
+        status = self._line().split()
+        while self._line():
+            pass
+        return int(status[1]) if len(status) > 1 and status[1].isdigit() else 0
+
+    def chunks(self):
+        """The body's chunks (Transfer-Encoding: chunked, as the API server streams)."""
+        while True:
+            n = int(self._line().split(b";")[0] or b"0", 16)
+            if n == 0:
+                return
+            while len(self.buf) < n + 2:
+                self.buf += self._more()
+            chunk, self.buf = self.buf[:n], self.buf[n + 2:]
+            yield chunk
+
+
+def watch_once(server, ctx, resource: str, rv: str | None, timeout: float, idle: float,
+               out: "Output", seen: dict) -> str:
+    """LIST (when `rv` is None) then WATCH on one connection each; returns the last
+    resourceVersion when the server ends the watch; raises when the connection fails."""
+    base = WATCHES[resource]
+    if rv is None:
+        code, body = request(server, ctx, "GET", base, timeout)
+        if code != 200:
+            raise ConnectionError(f"list: HTTP {code}: {_message(body)}")
+        doc = json.loads(body)
+        for obj in doc.get("items", []):
+            _emit_event(resource, obj, out, seen)
+        rv = doc.get("metadata", {}).get("resourceVersion", "")
+    u = urlsplit(server)
+    host, port = u.hostname, u.port or 443
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        raw.settimeout(timeout)
+        sock = ctx.wrap_socket(raw, server_hostname=host)
+        path = (f"{base}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true"
+                f"&timeoutSeconds=600")
+        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                      "Accept: application/json\r\nUser-Agent: halab-drill-watch\r\n\r\n"
+                      ).encode())
+        stream = Stream(sock, idle)
+        code = stream.head()
+        if code != 200:
+            raise ConnectionError(f"watch: HTTP {code}")
+        out.emit({"t": round(time.time(), 3), "kind": "conn", "state": "open"})
+        pending = b""
+        for chunk in stream.chunks():
+            pending += chunk
+            while b"\n" in pending:
+                line, _, pending = pending.partition(b"\n")
+                if not line.strip():
+                    continue
+                ev = json.loads(line)
+                obj = ev.get("object", {})
+                if ev.get("type") == "ERROR":   # e.g. 410 Gone: the version is too old
+                    raise ConnectionError(f"watch: {obj.get('message', 'error')}")
+                rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                if ev.get("type") in ("ADDED", "MODIFIED"):
+                    _emit_event(resource, obj, out, seen)
+        return rv
+    finally:
+        raw.close()
+
+
+def _emit_event(resource: str, obj: dict, out: "Output", seen: dict) -> None:
+    rec = event_record(resource, obj)
+    if rec is None:
+        return
+    key = (rec["node"], rec.get("renew"), rec.get("ready"), tuple(rec.get("taints", ())))
+    if seen.get(rec["node"]) == key:   # a relist repeats what is known
+        return
+    seen[rec["node"]] = key
+    out.emit({"t": round(time.time(), 3), **rec})
+
+
+def watch_loop(server, ctx, resource: str, timeout: float, idle: float, out: "Output") -> None:
+    """Keep one watch open for as long as halab runs; say when it breaks and starts again."""
+    rv: str | None = None
+    seen: dict = {}
+    while not out.orphaned():
+        try:
+            rv = watch_once(server, ctx, resource, rv, timeout, idle, out, seen)
+        except Exception as exc:  # noqa: BLE001 - every failure is a result
+            out.emit({"t": round(time.time(), 3), "kind": "conn", "state": "broken",
+                      "err": describe(exc)})
+            if "too old" in str(exc) or "Gone" in str(exc):
+                rv = None
+            time.sleep(1.0)     # client-go's reflector backs off before it lists again
+
+
 # ------------------------------------------------------------------ loop
 
 class Output:
@@ -337,8 +488,12 @@ def loop(make_probe, interval: float, timeout: float, out: Output, count: int = 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.drill.prober")
-    ap.add_argument("--mode", choices=("read", "write", "lease", "etcd", "cleanup", "canary"),
-                    default="read")
+    ap.add_argument("--mode", choices=("read", "write", "lease", "etcd", "cleanup", "canary",
+                                       "watch"), default="read")
+    ap.add_argument("--resource", choices=sorted(WATCHES), default="leases",
+                    help="watch: what to keep a watch on")
+    ap.add_argument("--idle", type=float, default=45.0,
+                    help="watch: give a connection up after this long without a byte")
     ap.add_argument("--kubeconfig")
     ap.add_argument("--context")
     ap.add_argument("--path", default="/readyz")
@@ -367,6 +522,9 @@ def main(argv=None) -> int:
         sel = f"/api/v1/namespaces/default/configmaps?labelSelector=halab-drill%3D{a.label}"
         fn = lambda: {"ok": request(server, ctx, "DELETE", sel, a.timeout)[0] == 200}  # noqa: E731
         run_probe(fn, out, time.time(), a.timeout)
+        return 0
+    if a.mode == "watch":
+        watch_loop(server, ctx, a.resource, a.timeout, a.idle, out)
         return 0
     if a.mode == "read":
         make = lambda n: lambda: probe_read(server, ctx, a.path, a.timeout)  # noqa: E731

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from lab.table import table
-from lab.drill import journal as jlib, verdict as verdictlib
+from lab.drill import journal as jlib, nodes as nodelib, verdict as verdictlib
 from lab.drill.expect import ROLE_WORDS
 
 
@@ -108,6 +108,7 @@ def terminal(journal: dict) -> str:
                      f"(at worst {slow}; the fault touches none of them); "
                      f"{v.get('lab_stall_excused', 0)} failure(s) of paths through them not "
                      "counted")
+    lines += nodelib.lines(journal)
     if v.get("healthy_after") is not None:
         lines.append("health after restore: " + ("OK (every `halab verify` check passed)"
                                                  if v["healthy_after"] else "NOT healthy: " +

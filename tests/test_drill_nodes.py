@@ -1,0 +1,91 @@
+"""Pure: the drill journal's `nodes` and `long_lived` sections, from watch records.
+
+The records are shaped as `python -m lab.drill.prober --mode watch` prints them (its real
+runs are in the local drill tests): Lease renewals dated by the kubelet, Node changes,
+and the watch connection's own open/broken events.
+"""
+from __future__ import annotations
+
+from lab.drill import nodes
+
+INJ = 1000.0
+
+
+def _journal(watches: dict) -> dict:
+    return {"times": {"probes_started": INJ - 5, "inject_start": INJ, "restore_start": INJ + 45,
+                      "probes_stopped": INJ + 70, "finished": INJ + 80},
+            "watches": watches}
+
+
+def lease(t, node, renew):
+    return {"t": t, "kind": "lease", "node": node, "renew": renew}
+
+
+def node(t, name, ready, taints=()):
+    return {"t": t, "kind": "node", "node": name, "ready": ready,
+            "reason": "KubeletReady" if ready else "NodeStatusUnknown", "taints": list(taints)}
+
+
+def test_heartbeat_gaps_come_from_the_kubelets_renew_times_whichever_watch_saw_them():
+    # k8s-node4 renews every 10 s but misses two while its API server is dead; the
+    # external watch saw the early renewals, the worker's own watch the late ones
+    early = [lease(INJ + r + 0.1, "k8s-node4", INJ + r) for r in (-10, 0)]
+    late = [lease(INJ + r + 0.1, "k8s-node4", INJ + r) for r in (30, 40, 50, 60)]
+    j = _journal({"watch:external": early, "watch:worker:k8s-node4": late,
+                  "nodes": [node(INJ - 4, "k8s-node4", True), node(INJ + 62, "k8s-node4", True)]})
+    lane = nodes.node_lanes(j)["k8s-node4"]
+    assert lane["max_heartbeat_gap"] == 30.0 and lane["gap_from"] == 0.0
+    assert lane["renewals"] == 5          # inside the window (+0 ... +60)
+    assert lane["ready_transitions"] == [] and lane["ready_at_end"] is True
+
+
+def test_a_gap_still_open_at_the_end_counts_and_ready_transitions_have_times():
+    recs = [lease(INJ - 9.9, "k8s-node5", INJ - 10), lease(INJ + 0.1, "k8s-node5", INJ)]
+    j = _journal({"watch:external": recs,
+                  "nodes": [node(INJ - 4, "k8s-node5", True),
+                            node(INJ + 41, "k8s-node5", False,
+                                 ["node.kubernetes.io/unreachable:NoSchedule"]),
+                            node(INJ + 66, "k8s-node5", True)]})
+    lane = nodes.node_lanes(j)["k8s-node5"]
+    assert lane["max_heartbeat_gap"] == 70.0 and lane["gap_from"] == 0.0
+    assert [(tr["t"], tr["ready"]) for tr in lane["ready_transitions"]] == [(41.0, False),
+                                                                            (66.0, True)]
+    assert lane["taints"] == ["node.kubernetes.io/unreachable:NoSchedule"]
+    text = "\n".join(nodes.lines({**j, "nodes": nodes.node_lanes(j)}))
+    assert "node k8s-node5: 1 Lease renewals, longest gap 70.0 s (from +0.0 s), " \
+           "NotReady at +41.0 s, Ready at +66.0 s" in text
+
+
+def test_a_long_lived_watch_silence_break_and_reopening():
+    recs = [{"t": INJ - 2, "kind": "conn", "state": "open"},
+            lease(INJ + 1, "k8s-node4", INJ + 1),
+            {"t": INJ + 46, "kind": "conn", "state": "broken", "err": "timeout"},
+            {"t": INJ + 47.5, "kind": "conn", "state": "open"},
+            lease(INJ + 47.6, "k8s-node4", INJ + 41)]
+    j = _journal({"watch:worker:k8s-node4": recs, "nodes": []})
+    w = nodes.long_lived(j)["worker:k8s-node4"]
+    assert w == {"longest_silence": 45.0, "silence_from": 1.0, "breaks": [46.0],
+                 "reopened": [47.5], "errors": ["timeout"]}
+    text = nodes.lines({**j, "long_lived": nodes.long_lived(j)})
+    assert text == ["watch through worker:k8s-node4: longest silence 45.0 s (from +1.0 s); "
+                    "broke at +46.0 s (timeout), open again at +47.5 s"]
+
+
+def test_no_injection_no_lanes():
+    assert nodes.node_lanes({"times": {}, "watches": {}}) == {}
+    assert nodes.long_lived({"times": {}, "watches": {}}) == {}
+
+
+def test_the_watch_worker_reads_leases_and_nodes_as_the_api_serves_them():
+    import json
+    from pathlib import Path
+    from lab.drill import prober
+    assert prober.rfc3339("2026-12-04T14:41:08.116333Z") == 1796395268.116333
+    assert prober.rfc3339("2026-12-04T14:41:08Z") == 1796395268.0
+    assert prober.event_record("leases", {"metadata": {"name": "n1"},
+                                          "spec": {"renewTime": "2026-12-04T14:41:08.5Z"}}) \
+        == {"kind": "lease", "node": "n1", "renew": 1796395268.5}
+    recorded = json.loads((Path(__file__).parent / "data" / "nodes" / "nodes.json").read_text())
+    rec = prober.event_record("nodes", recorded["items"][0])
+    assert rec == {"kind": "node", "node": "k8s-node1", "ready": True, "reason": "KubeletReady",
+                   "taints": ["node-role.kubernetes.io/master:NoSchedule"]}
