@@ -64,10 +64,10 @@ def test_a_long_lived_watch_silence_break_and_reopening():
             lease(INJ + 47.6, "k8s-node4", INJ + 41)]
     j = _journal({"watch:worker:k8s-node4": recs, "nodes": []})
     w = nodes.long_lived(j)["worker:k8s-node4"]
-    assert w == {"longest_silence": 45.0, "silence_from": 1.0, "breaks": [46.0],
+    assert w == {"longest_silence": 46.6, "silence_from": 1.0, "breaks": [46.0],
                  "reopened": [47.5], "errors": ["timeout"]}
     text = nodes.lines({**j, "long_lived": nodes.long_lived(j)})
-    assert text == ["watch through worker:k8s-node4: longest silence 45.0 s (from +1.0 s); "
+    assert text == ["watch through worker:k8s-node4: longest silence 46.6 s (from +1.0 s); "
                     "broke at +46.0 s (timeout), open again at +47.5 s"]
 
 

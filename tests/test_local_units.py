@@ -520,3 +520,19 @@ def test_supervisor_private_tmp_keeps_a_fixed_tmp_path_to_the_node(tmp_path, thr
         for pid in pids:
             if procs._group_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_command_that_times_out_on_a_node_is_exit_124_with_its_output_as_text(tmp_path):
+    """subprocess hands what a killed program printed over as bytes, even with text=True."""
+    from lab.providers.local.provider import LocalProvider
+    prov = LocalProvider.__new__(LocalProvider)
+    prov.ns = lambda node: "unused"
+    import lab.providers.local.provider as lp
+    real = lp.netns.exec_prefix
+    lp.netns.exec_prefix = lambda ns: []
+    try:
+        cp = prov.run("n1", ["sh", "-c", "echo started; echo oops >&2; sleep 5"], timeout=0.5)
+    finally:
+        lp.netns.exec_prefix = real
+    assert cp.returncode == 124 and isinstance(cp.stdout, str) and isinstance(cp.stderr, str)
+    assert cp.stderr.endswith("timed out")

@@ -630,6 +630,11 @@ class Drill:
                      f"expected failover ({longest:g} s) + 3 s: a blip may look like "
                      "degraded/down")
         self.journal["settings"] = self.s.as_dict()
+        nodes = expected_nodes(self.lab, self.topo)
+        if nodes:
+            self.journal["node_expectations"] = {
+                n: e.as_dict() for n, e in expect.node_expectations(
+                    self.topo, self.fault, self.targets, exps, self.s.duration, nodes).items()}
         for k, e in exps.items():
             self.say(f"expect {k}: {e.expect}" + (f" (errors stop within {e.within:g} s)"
                                                   if e.within else ""))

@@ -438,3 +438,94 @@ def plan_table(topo: Topology, fault: str, targets: list[str],
                ctx: Context | None = None) -> list[tuple[str, Expectation]]:
     exps = expectations(topo, fault, targets, ctx)
     return [(k, exps[k]) for k in exps]
+
+
+# ------------------------------------------------------------------ the nodes' kubelets
+
+# kube-controller-manager's node lifecycle controller (1.20 defaults; halab sets neither):
+# a node whose kubelet has not renewed its Lease nor posted its status for the grace
+# period is marked NotReady (Unknown) and tainted unreachable; it looks every 5 s
+NODE_MONITOR_GRACE = 40.0
+NODE_MONITOR_PERIOD = 5.0
+KUBELET_RENEW = 10.0          # a kubelet renews its Lease every 10 s
+LEADER_TAKEOVER = 17.0        # a standby controller-manager takes the lease: 15 s + retry 2 s
+
+
+@dataclass(frozen=True)
+class NodeExpectation:
+    node: str
+    heartbeats: str            # "continue", "stop" or "may pause"
+    not_ready: bool | None     # will the node controller mark it NotReady? None: can't say
+    reason: str
+    within: float | None = None   # NotReady this long after injection, at the latest
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def node_expectations(topo: Topology, fault: str, targets: list[str], paths: dict,
+                      duration: float, nodes: list[str]) -> dict[str, NodeExpectation]:
+    """What each node's kubelet should live through: whether its Lease renewals go on
+    and whether the node controller marks it NotReady before the restore. `paths` are
+    the access paths' expectations (a worker's kubelet goes its path's way)."""
+    grace = NODE_MONITOR_GRACE + NODE_MONITOR_PERIOD
+    faults = {t: fault for t in targets}
+    etcd_down, api_down = lost(topo, faults)
+    n_etcd = len(topo.etcd_members)
+    no_quorum = bool(n_etcd) and n_etcd - len(etcd_down) < n_etcd // 2 + 1
+    # the controller-manager that marks nodes may itself be on a target: its standby takes
+    # over after its lease runs out, and starts every node's grace period afresh
+    cm_hit = fault in ("kill", "freeze", "partition", "stop-apiserver") and any(
+        t in {c.name for c in topo.control_planes} for t in targets)
+    late = LEADER_TAKEOVER if cm_hit else 0.0
+    out = {}
+    for name in nodes:
+        node = next(n for n in topo.nodes if n.name == name)
+        if name in targets and fault in ("kill", "freeze", "partition"):
+            beat, why = "stop", {"kill": f"{name} is powered off: its kubelet with it",
+                                 "freeze": f"{name} is frozen: its kubelet too",
+                                 "partition": f"{name} is cut off: its kubelet reaches no API "
+                                              "server"}[fault]
+        elif node.is_control_plane and name in api_down:
+            beat, why = "stop", (f"{name}'s kubelet talks to its own API server "
+                                 "(https://127.0.0.1:6443), which is down")
+        elif no_quorum:
+            beat, why = "stop", "no etcd quorum: no Lease renewal can be written"
+        elif node.is_control_plane:
+            beat, why = "continue", (f"{name}'s kubelet talks to its own API server, which "
+                                     "the fault leaves alone")
+        else:
+            e = paths.get(f"worker:{name}")
+            kind = e.expect if e else "up"
+            beat = {"up": "continue", "down": "stop"}.get(kind, "may pause")
+            why = (f"{name}'s kubelet goes its Case {topo.case} path ({kind} in this drill): "
+                   + (e.reason if e else "untouched"))
+            if beat == "may pause":
+                why += (f"; a renewal that meets the failing server waits up to {KUBELET_RENEW:g}"
+                        " s (the kubelet's heartbeat timeout), then the kubelet closes its "
+                        "connections and dials again")
+        if beat == "continue":
+            nr, when = False, None
+        elif beat == "may pause":
+            nr, when = (False if duration < grace - MARGIN else None), None
+        elif duration >= grace + late + 2 * MARGIN + KUBELET_RENEW:
+            nr, when = True, round(grace + late + MARGIN, 1)
+        elif duration < NODE_MONITOR_GRACE - MARGIN:
+            nr, when = False, None
+        else:
+            nr, when = None, None
+        words = {True: f"; it stays away longer than node-monitor-grace-period "
+                       f"({NODE_MONITOR_GRACE:g} s, checked every {NODE_MONITOR_PERIOD:g} s): "
+                       f"NotReady by +{when:g} s" if when else "",
+                 False: "; it stays Ready" + (
+                     f" (the fault lasts {duration:g} s, less than node-monitor-grace-period "
+                     f"{NODE_MONITOR_GRACE:g} s)" if beat != "continue" else ""),
+                 None: f"; NotReady or not depends on timing: the fault lasts {duration:g} s, "
+                       f"the node controller waits {NODE_MONITOR_GRACE:g} s (+{NODE_MONITOR_PERIOD:g}"
+                       " s)"}[nr]
+        if nr is not False and cm_hit:
+            words += (f"; the controller-manager that marks nodes may be on {', '.join(targets)}"
+                      f": its standby takes over after ~{LEADER_TAKEOVER:g} s and starts the "
+                      "grace period afresh")
+        out[name] = NodeExpectation(name, beat, nr, why + words, when)
+    return out

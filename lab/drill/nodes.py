@@ -81,8 +81,8 @@ def node_lanes(journal: dict) -> dict[str, dict]:
 
 
 def long_lived(journal: dict) -> dict[str, dict]:
-    """Per access path: the watch's longest silence during the fault (no byte: events,
-    bookmarks), when it broke and when it was open again (s since the injection)."""
+    """Per access path: the watch's longest silence during the fault (no renewal or node
+    change delivered), when it broke and when it was open again (s since the injection)."""
     start, inj, end = _window(journal)
     if inj is None or end is None:
         return {}
@@ -90,7 +90,9 @@ def long_lived(journal: dict) -> dict[str, dict]:
     for key, recs in journal.get("watches", {}).items():
         if not key.startswith(WATCH_PREFIX):
             continue
-        times = sorted(r["t"] for r in recs if inj <= r["t"] <= end)
+        # what it carried: renewals and node changes (a reconnect that brings nothing
+        # is no news to an informer)
+        times = sorted(r["t"] for r in recs if inj <= r["t"] <= end and r.get("kind") != "conn")
         points = [inj] + times + [end]
         gap, at = max(((b - a, a) for a, b in zip(points, points[1:])), default=(0.0, inj))
         breaks = [_rel(r["t"], inj) for r in recs
@@ -118,6 +120,14 @@ def lines(journal: dict) -> list[str]:
             words.append(f"{'Ready' if tr['ready'] else 'NotReady'} at {tr['t']:+.1f} s")
         if not lane.get("ready_transitions") and "ready_at_end" in lane:
             words.append("Ready throughout" if lane["ready_at_end"] else "NotReady throughout")
+        exp = journal.get("node_expectations", {}).get(node)
+        if exp:
+            words.append(f"expected: heartbeats {exp['heartbeats']}, "
+                         + {True: "NotReady", False: "Ready", None: "Ready or not"}[
+                             exp.get("not_ready")])
+        judged = journal.get("verdict", {}).get("nodes", {}).get(node)
+        if judged and not judged["agree"]:
+            words.append("DIFFERS")
         out.append(f"node {node}: " + ", ".join(words))
     for path, w in journal.get("long_lived", {}).items():
         text = (f"watch through {path}: longest silence {w['longest_silence']:.1f} s "

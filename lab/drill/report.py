@@ -124,6 +124,10 @@ def terminal(journal: dict) -> str:
         if not p["agree"]:
             exp = journal.get("expectations", {}).get(key, {})
             lines.append(f"  why {key} was expected {exp.get('expect')}: {exp.get('reason')}")
+    for node, n in v.get("nodes", {}).items():
+        if not n["agree"]:
+            exp = journal.get("node_expectations", {}).get(node, {})
+            lines.append(f"  why node {node} was expected so: {exp.get('reason')}")
     return "\n".join(lines)
 
 
@@ -326,6 +330,32 @@ def _state_rows(journal: dict) -> list[tuple[str, list[tuple[float, str]]]]:
     return out
 
 
+def _node_rows(journal: dict) -> list[tuple[str, list[tuple[float, str]]]]:
+    """Two lanes per node: heartbeats (from the Lease renewals) and the Ready condition."""
+    rows = []
+    beats = nodelib.renewals(journal)
+    ready: dict[str, list] = {}
+    for r in journal.get("watches", {}).get(nodelib.NODES_WATCH, []):
+        if r.get("kind") == "node":
+            state = "UP Ready" if r["ready"] else "DOWN NotReady"
+            lane = ready.setdefault(r["node"], [])
+            if not lane or lane[-1][1] != state:
+                lane.append((r["t"], state))
+    for node in sorted(set(beats) | set(ready)):
+        changes = []
+        times = beats.get(node, [])
+        for a, b in zip(times, times[1:] + [None]):
+            changes.append((a, "UP beats"))
+            late = (b if b is not None else journal.get("times", {}).get("probes_stopped", a))
+            if late - a > nodelib.RENEW_EVERY * 1.5:
+                changes.append((a + nodelib.RENEW_EVERY, "DOWN no heartbeat"))
+        if changes:
+            rows.append((f"{node} heartbeats", changes))
+        if ready.get(node):
+            rows.append((f"{node} Ready", ready[node]))
+    return rows
+
+
 def html_report(journal: dict) -> str:
     if journal.get("kind") == "runbook":
         return runbook_html(journal)
@@ -401,6 +431,16 @@ def _drill_section(journal: dict, top: bool = False) -> str:
     if rows:
         out.append("<h3>Load balancer, VIP, leases, etcd leader</h3>" + _svg_states(journal,
                                                                                       rows))
+    rows = _node_rows(journal)
+    if rows:
+        out.append("<h3>Nodes: what their kubelets lived through</h3><div class=\"muted\">"
+                   "per node: its kubelet's Lease renewals (UP while it renews every 10 s, "
+                   "DOWN from 10 s after a renewal that was not followed by the next) and its "
+                   "Ready condition as the node controller set it</div>"
+                   + _svg_states(journal, rows))
+    watch_notes = nodelib.lines(journal)
+    if watch_notes:
+        out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in watch_notes) + "</ul>")
     notes = lease_changes(journal) + etcd_changes(journal)
     if notes:
         out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")

@@ -256,7 +256,10 @@ def judge(journal: dict) -> dict:
     for e in journal.get("errors", []):
         if "restore failed" in e or "not every path recovered" in e:
             reasons.append(e)
+    node_verdicts = judge_nodes(journal)
+    reasons += [f"node {n}: {v['verdict']}" for n, v in node_verdicts.items() if not v["agree"]]
     return {"ok": not reasons, "paths": paths, "reasons": reasons, "healthy_after": healthy,
+            "nodes": node_verdicts,
             "host_stall_seconds": seconds_inside(stalls, start, end),
             "lab_stall_seconds": seconds_inside(stalled_lab, start, end),
             "lab_stall_slowest": slowest if stalled_lab else {},
@@ -264,6 +267,31 @@ def judge(journal: dict) -> dict:
             "haproxy_down_after": haproxy_detection(journal),
             "vip_moved_after": vip_move(journal),
             "etcd_elected_after": etcd_election(journal)}
+
+
+def judge_nodes(journal: dict) -> dict[str, dict]:
+    """Per node: did the node controller do what the expectation says (NotReady or not)?
+    The heartbeat prediction is told beside the measurement, not judged: how many
+    renewals a paused path costs depends on where in its 10 s cycle the kubelet was."""
+    out = {}
+    lanes = journal.get("nodes", {})
+    for node, e in journal.get("node_expectations", {}).items():
+        lane = lanes.get(node)
+        if lane is None:
+            continue
+        down = [tr["t"] for tr in lane.get("ready_transitions", []) if not tr["ready"]]
+        gap = lane.get("max_heartbeat_gap")
+        measured = (f"longest heartbeat gap {gap:.1f} s" if gap is not None else
+                    "no heartbeat seen") + (f", NotReady at +{down[0]:.1f} s" if down
+                                            else ", stayed Ready")
+        agree, why = True, f"as expected ({e['heartbeats']}): {measured}"
+        if e.get("not_ready") is True and not down:
+            agree, why = False, (f"expected NotReady by +{e['within']:g} s, but it {measured}")
+        elif e.get("not_ready") is False and down:
+            agree, why = False, f"expected to stay Ready, but {measured}"
+        out[node] = {"agree": agree, "verdict": why, "expected": e["heartbeats"],
+                     "not_ready": e.get("not_ready")}
+    return out
 
 
 def _healthy(journal: dict):

@@ -246,8 +246,11 @@ class LocalProvider:
             return subprocess.run(netns.exec_prefix(self.ns(node)) + list(argv),
                                   capture_output=True, text=True, timeout=timeout, input=input)
         except subprocess.TimeoutExpired as exc:
-            return subprocess.CompletedProcess(argv, 124, exc.stdout or "",
-                                               (exc.stderr or "") + "\ntimed out")
+            # what the program printed before it was killed comes as bytes, even with text=True
+            def text(b) -> str:
+                return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+            return subprocess.CompletedProcess(argv, 124, text(exc.stdout),
+                                               text(exc.stderr) + "\ntimed out")
 
     def popen(self, node: str, argv: list[str], **kw) -> subprocess.Popen:
         return subprocess.Popen(netns.exec_prefix(self.ns(node)) + list(argv), **kw)
