@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """How long the local provider takes: `halab up --provider local` to every access path ready,
-and `halab destroy`.
+every node Ready and the workload Running, and `halab destroy`; what the nodes cost.
 
-    sudo python3 benchmarks/local_up.py [--cases case2,case3-ha] [--runs 2]
+    sudo python3 benchmarks/local_up.py [--cases case2,case3-ha] [--runs 2] [--idle 30]
 
 For each Case, each run makes a fresh lab (unique name `lpb-<case>`, in a temporary
 folder), times `halab up` (it returns once every access path the Case defines answers
-/readyz and both leases are held; the moment each path became ready is taken from
-halab's unbuffered progress lines), checks the lab with `halab verify --no-write`, then
-times `halab destroy`. Prints each run and the median per Case. Target: ready in
-under 30 s on a 2-core machine.
+/readyz, both leases are held, every node is Ready and halab's workload runs; the
+moment each step was done is taken from halab's unbuffered progress lines), checks the
+lab with `halab verify --no-write`, then measures the idle lab for `--idle` seconds:
+the memory (RSS) of each node's hollow kubelet and kube-proxy, and the CPU every lab
+process used, split into the nodes' kubelet and kube-proxy and all the rest (targets:
+ready in under 30 s on a 2-core machine; the nodes add at most 10 % CPU to the idle
+lab). Then times `halab destroy`. Prints each run and the median per Case.
 
 Cleanup is guaranteed: `halab destroy --force` in `finally`, then SIGKILL of any
 process still in the lab's namespaces or folder, then the namespaces themselves.
@@ -76,6 +79,64 @@ def cleanup(lab: str, root: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+IDLE_S = 30.0
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _lab_pids(folder: Path) -> dict[int, str]:
+    """PID -> what it is ("kubelet", "kube-proxy" or "other") for the lab's processes."""
+    out = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(folder) not in cmd and "halab-lpb-" not in cmd:
+            continue
+        kind = ("kubelet" if "--morph=kubelet" in cmd else
+                "kube-proxy" if "--morph=proxy" in cmd else "other")
+        out[int(d.name)] = kind
+    return out
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+    except (OSError, IndexError):
+        return 0.0
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def idle_costs(folder: Path, seconds: float) -> dict:
+    """Memory of the node agents and CPU of the idle lab, nodes vs the rest."""
+    pids = _lab_pids(folder)
+    before = {p: _cpu(p) for p in pids}
+    time.sleep(seconds)
+    used = {"kubelet": 0.0, "kube-proxy": 0.0, "other": 0.0}
+    for p, kind in pids.items():
+        used[kind] += max(0.0, _cpu(p) - before[p])
+    rss = {k: [_rss_mb(p) for p, kind in pids.items() if kind == k]
+           for k in ("kubelet", "kube-proxy")}
+    total = sum(used.values())
+    nodes = used["kubelet"] + used["kube-proxy"]
+    return {"kubelet_rss_mb": statistics.median(rss["kubelet"]) if rss["kubelet"] else 0.0,
+            "proxy_rss_mb": statistics.median(rss["kube-proxy"]) if rss["kube-proxy"] else 0.0,
+            "node_agents": len(rss["kubelet"]),
+            "idle_cpu_pct": 100 * total / seconds, "nodes_cpu_pct": 100 * nodes / seconds,
+            "nodes_share_pct": 100 * nodes / total if total else 0.0,
+            "nodes_add_pct": 100 * nodes / used["other"] if used["other"] else 0.0}
+
+
 def one_run(case: str) -> dict:
     lab = "lpb-" + case.replace("-", "")
     root = Path(tempfile.mkdtemp(prefix=f"halab-bench-{lab}-"))
@@ -87,9 +148,10 @@ def one_run(case: str) -> dict:
         proc = subprocess.Popen(halab_cmd() + ["up", str(scen), "--provider", "local"],
                                 cwd=root, env=env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
-        paths, lines = {}, []
+        paths, lines, stamps = {}, [], []
         for line in proc.stdout:
             lines.append(line)
+            stamps.append((line, time.monotonic() - t0))
             m = re.search(r"ready: (\S+)", line)
             if m:
                 paths[m.group(1)] = time.monotonic() - t0
@@ -97,6 +159,9 @@ def one_run(case: str) -> dict:
         result["up_s"] = time.monotonic() - t0
         if rc != 0:
             raise RuntimeError(f"halab up {case} failed (exit {rc}):\n{''.join(lines[-20:])}")
+        result["nodes_ready_s"] = next((t for l, t in stamps if "nodes Ready" in l),
+                                       float("nan"))
+        result["workload_s"] = next((t for l, t in stamps if "pods Running" in l), float("nan"))
         result["first_path_s"] = min(paths.values()) if paths else float("nan")
         result["last_path_s"] = max(paths.values()) if paths else float("nan")
         result["paths"] = len(paths)
@@ -104,6 +169,8 @@ def one_run(case: str) -> dict:
                            capture_output=True, text=True, timeout=180)
         if v.returncode != 0:
             raise RuntimeError(f"halab verify {case} failed after up:\n{v.stdout}{v.stderr}")
+        if IDLE_S:
+            result.update(idle_costs(root / ".halab" / lab, IDLE_S))
         t1 = time.monotonic()
         d = subprocess.run(halab_cmd() + ["destroy"], cwd=root, env=env(),
                            capture_output=True, text=True, timeout=180)
@@ -120,7 +187,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="case2,case3-ha")
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--idle", type=float, default=IDLE_S,
+                    help="seconds to measure the idle lab's CPU and memory (0: skip)")
     args = ap.parse_args()
+    global IDLE_S
+    IDLE_S = args.idle
     if os.geteuid() != 0:
         print("needs root (the local provider creates network namespaces)", file=sys.stderr)
         return 2
@@ -133,8 +204,16 @@ def main() -> int:
             r = one_run(case)
             runs.append(r)
             print(f"  {case:<9} run {i}: ready {r['up_s']:5.1f} s (paths ready from "
-                  f"{r['first_path_s']:.1f} s to {r['last_path_s']:.1f} s, {r['paths']} paths); "
-                  f"destroy {r['destroy_s']:4.1f} s", flush=True)
+                  f"{r['first_path_s']:.1f} s to {r['last_path_s']:.1f} s, {r['paths']} paths; "
+                  f"nodes Ready at {r['nodes_ready_s']:.1f} s, workload Running at "
+                  f"{r['workload_s']:.1f} s); destroy {r['destroy_s']:4.1f} s", flush=True)
+            if "idle_cpu_pct" in r:
+                print(f"  {'':<9}        idle {IDLE_S:g} s: lab {r['idle_cpu_pct']:.1f} % of a "
+                      f"core, of which the {r['node_agents']} nodes' kubelet + kube-proxy "
+                      f"{r['nodes_cpu_pct']:.1f} % (they add {r['nodes_add_pct']:.0f} % to the "
+                      f"rest of the lab; target 10 %); "
+                      f"RSS per kubelet {r['kubelet_rss_mb']:.0f} MB, per kube-proxy "
+                      f"{r['proxy_rss_mb']:.0f} MB", flush=True)
         summary.append((case, statistics.median(r["up_s"] for r in runs),
                         statistics.median(r["destroy_s"] for r in runs)))
     print("\nmedian:")

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.support.drill_labs import (HALAB, explain, healthy_after, lab_fixture, marks, path,
-                                      wait_for, workers)
+from tests.support.drill_labs import (HALAB, explain, healthy_after, lab_fixture, marks,
+                                      node_lanes, path, wait_for, went_not_ready, workers)
 
 pytestmark = marks()
 
@@ -24,18 +24,27 @@ def lab(tmp_path_factory):
 
 
 def test_stop_lb_costs_external_access_only(lab):
-    cp, j = lab.drill("stop-lb", duration=8)
+    # longer than node-monitor-grace-period (40 s): a kubelet without the API would be
+    # marked NotReady
+    cp, j = lab.drill("stop-lb", duration=60)
     assert path(j, "external")["measured"] == "down", explain(j)
     for w in workers(j):                   # the seed's Case 2 promise, measured
         assert path(j, w)["failures"] == 0, explain(j)
     assert path(j, "write")["failures"] == 0
+    # ... and as the cluster's own clients see it: every kubelet kept renewing its Lease
+    for node, lane in node_lanes(j).items():
+        assert not went_not_ready(lane), (node, lane)
+        assert lane["max_heartbeat_gap"] <= 25, (node, lane)
+        assert j["verdict"]["nodes"][node]["agree"], j["verdict"]["nodes"][node]
     assert cp.returncode == 0, explain(j)
     assert healthy_after(j)
 
 
 def test_graceful_apiserver_stop_is_invisible_through_haproxy(lab):
     cp, j = lab.drill("stop-apiserver", "k8s-node2", duration=8)
-    assert path(j, "external")["failures"] == 0, explain(j)
+    # HAProxy retries a connection the stopping server refuses; one it accepted in its
+    # very last moment is cut, which TCP mode cannot retry (seen once on a loaded host)
+    assert path(j, "external")["failures"] <= 1, explain(j)
     for w in workers(j):                   # nginx: refused -> next server at once
         assert path(j, w)["failures"] <= 1, explain(j)
     assert path(j, "direct:k8s-node2")["measured"] == "down"

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.support.drill_labs import (HALAB, explain, healthy_after, lab_fixture, marks, path,
-                                      wait_for, workers)
+from tests.support.drill_labs import (HALAB, explain, healthy_after, lab_fixture, marks,
+                                      node_lanes, path, wait_for, went_not_ready, workers)
 
 pytestmark = marks()
 
@@ -19,12 +19,22 @@ def lab(tmp_path_factory):
 
 
 def test_stop_lb_takes_the_whole_cluster_down(lab):
-    cp, j = lab.drill("stop-lb", duration=8)
+    # longer than node-monitor-grace-period (40 s): the node controller gives up on them
+    cp, j = lab.drill("stop-lb", duration=60)
     assert path(j, "external")["measured"] == "down", explain(j)
     for w in workers(j):          # the seed's Case 3: the LB is a SPOF for kubelets too
         assert path(j, w)["measured"] == "down", explain(j)
     for key in ("direct:k8s-node1", "direct:k8s-node2", "direct:k8s-node3", "write"):
         assert path(j, key)["failures"] <= 1, explain(j)
+    # ... and the cluster saw it: every worker NotReady, the control planes not
+    lanes = node_lanes(j)
+    for node, lane in lanes.items():
+        worker = f"worker:{node}" in j["verdict"]["paths"]
+        assert bool(went_not_ready(lane)) == worker, (node, lane)
+        assert j["verdict"]["nodes"][node]["agree"], j["verdict"]["nodes"][node]
+        if worker:   # 40 s after its last renewal, seen within the controller's 5 s period
+            assert went_not_ready(lane)[0] <= 50, (node, lane)
+            assert lane["max_heartbeat_gap"] >= 50, (node, lane)
     assert cp.returncode == 0, explain(j)
     assert healthy_after(j)
 

@@ -166,6 +166,18 @@ def workers(journal: dict) -> list[str]:
     return [k for k in journal["verdict"]["paths"] if k.startswith("worker:")]
 
 
+def node_lanes(journal: dict) -> dict:
+    """The drill's nodes section; every lab with kubemark beside its binaries has nodes
+    (CI builds it: tools/build-k8s.sh), so an empty one there is a failure."""
+    lanes = journal.get("nodes", {})
+    assert lanes, "the drill measured no node (no kubemark beside the Kubernetes binaries?)"
+    return lanes
+
+
+def went_not_ready(lane: dict) -> list[float]:
+    return [tr["t"] for tr in lane["ready_transitions"] if not tr["ready"]]
+
+
 def healthy_after(journal: dict) -> bool:
     return journal["verdict"]["healthy_after"] is True
 
