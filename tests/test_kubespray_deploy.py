@@ -116,6 +116,7 @@ def test_reset_plan_confirms_then_deploys():
     assert "reset_confirmation=yes" not in cluster.argv
     assert cluster.argv[cluster.argv.index("--tags") + 1] == "etcd"
     assert [p for p, _ in ks.deploy_plan(topo)] == ["cluster.yml"]
+    assert [p for p, _ in ks.deploy_plan(topo, reset_only=True)] == ["reset.yml"]
     listing = ks.kubespray_command(topo, ks.CLUSTER, tags="etcd", list_tasks=True)
     assert "--list-tasks" in listing.argv and listing.argv[-1] == "/root/kubespray/cluster.yml"
 
@@ -397,7 +398,8 @@ def test_cli_kubespray_lab_passes_reset_limit_tags(tmp_path, monkeypatch):
     monkeypatch.setattr(deploy_cli, "open_lab", lambda lab, *a, **kw: (topo.scenario, topo, object()))
     calls = []
 
-    def fake_deploy(lab, topo_, provider, progress, limit=None, tags=None, reset=False):
+    def fake_deploy(lab, topo_, provider, progress, limit=None, tags=None, reset=False,
+                    reset_only=False):
         calls.append((limit, tags, reset))
         raise HalabError("kubespray cluster.yml failed: k8s-node2 failed in task 'x': y (log: /l)",
                          hint="fix the cause, then resume with: halab deploy --lab case3")
@@ -751,3 +753,20 @@ def test_cli_deploy_end_to_end_then_verify(live, sshd_server, monkeypatch):
     rec = ll.lab.record()
     assert rec.deploy["state"] == "partial" and rec.verify["ok"] is True
     assert rec.phase == "deployed"
+
+
+@pytest.mark.ssh
+def test_reset_only_wipes_and_deploys_nothing(live):
+    ll = live("case2")
+    ll.deploy(reset_only=True, count_tasks_first=False)
+    logs = ll.logs()
+    assert [p.name.split("-")[1] for p in logs] == ["reset"], logs
+    assert "TASK [Reset the node]" in logs[0].read_text()
+    rec = ll.lab.record().deploy
+    assert rec["state"] == "reset" and [r["playbook"] for r in rec["runs"]] == ["reset.yml"]
+
+
+def test_reset_and_reset_only_exclude_each_other(tmp_path):
+    _state_lab(tmp_path, "case3")
+    res = _cli("deploy", "--labs-dir", str(tmp_path), "--reset", "--reset-only")
+    assert res.exit_code == 1 and "--reset and --reset-only exclude each other" in res.output

@@ -14,17 +14,21 @@ from lab.app.lab import open_lab, report_checks
 from lab.errors import HalabError
 from lab.state import Lab
 
-KUBESPRAY_ONLY = ("--reset", "--limit", "--tags")
+KUBESPRAY_ONLY = ("--reset", "--limit", "--tags", "--reset-only")
 
 
 def run_deploy(lab: Lab, reset: bool = False, limit: str | None = None, tags: str | None = None,
-               verify: bool = True, k8s_bin_dir: str | None = None) -> int:
+               verify: bool = True, k8s_bin_dir: str | None = None,
+               reset_only: bool = False) -> int:
     """Deploy, record the result in the lab state, verify; returns the exit code."""
+    if reset and reset_only:
+        raise HalabError("--reset and --reset-only exclude each other",
+                         hint="--reset wipes and deploys again; --reset-only only wipes")
     with lab.lock("deploy"):
-        return _run_deploy(lab, reset, limit, tags, verify, k8s_bin_dir)
+        return _run_deploy(lab, reset, limit, tags, verify, k8s_bin_dir, reset_only)
 
 
-def _run_deploy(lab: Lab, reset, limit, tags, verify, k8s_bin_dir) -> int:
+def _run_deploy(lab: Lab, reset, limit, tags, verify, k8s_bin_dir, reset_only=False) -> int:
     from lab.deploy import static as deploy_static, kubespray
     s, topo, prov = open_lab(lab, k8s_bin_dir)
     if not s.uses_kubespray:
@@ -37,9 +41,15 @@ def _run_deploy(lab: Lab, reset, limit, tags, verify, k8s_bin_dir) -> int:
         echo(f"halab: deploying lab {lab.name} (Case {s.case}) with kubespray "
                    f"{s.kubespray.version}")
         result = kubespray.deploy(lab, topo, prov, progress=echo_step, limit=limit, tags=tags,
-                                  reset=reset)
+                                  reset=reset, reset_only=reset_only)
+        if reset_only:
+            lab.update(phase="reset")
+            echo(f"halab: kubespray reset.yml wiped the cluster in {result['seconds']} s; the "
+                 f"machines stay. `halab deploy --lab {lab.name}` builds it again")
+            return 0
     else:
-        given = [flag for flag, value in zip(KUBESPRAY_ONLY, (reset, limit, tags)) if value]
+        given = [flag for flag, value in zip(KUBESPRAY_ONLY, (reset, limit, tags, reset_only))
+                 if value]
         if given:
             raise HalabError(f"{', '.join(given)} only apply to kubespray; lab {lab.name} uses "
                              f"the static deployer ({s.provider} provider)",

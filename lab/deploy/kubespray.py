@@ -112,12 +112,15 @@ def kubespray_command(topo: Topology, playbook: str, paths: KubesprayPaths = Kub
 
 
 def deploy_plan(topo: Topology, paths: KubesprayPaths = KubesprayPaths(), limit: Optional[str] = None,
-                tags: Optional[str] = None, reset: bool = False) -> list[tuple[str, PlaybookCommand]]:
-    """(playbook, command) in the order they run: reset.yml (with --reset), then cluster.yml."""
+                tags: Optional[str] = None, reset: bool = False,
+                reset_only: bool = False) -> list[tuple[str, PlaybookCommand]]:
+    """(playbook, command) in the order they run: reset.yml (with --reset), then cluster.yml
+    (not with `reset_only`: the cluster is wiped, the machines stay)."""
     plan = []
-    if reset:
+    if reset or reset_only:
         plan.append((RESET, kubespray_command(topo, RESET, paths, limit=limit)))
-    plan.append((CLUSTER, kubespray_command(topo, CLUSTER, paths, limit=limit, tags=tags)))
+    if not reset_only:
+        plan.append((CLUSTER, kubespray_command(topo, CLUSTER, paths, limit=limit, tags=tags)))
     return plan
 
 
@@ -370,6 +373,7 @@ def write_lab_kubeconfig(lab: Lab, topo: Topology, admin_conf: str, source: str,
 
 def deploy(lab: Lab, topo: Topology, provider, progress: Progress = lambda m: None,
            limit: Optional[str] = None, tags: Optional[str] = None, reset: bool = False, *,
+           reset_only: bool = False,
            paths: KubesprayPaths = KubesprayPaths(), sync: bool = True,
            count_tasks_first: bool = True, min_interval: float = 2.0,
            interrupt_grace: float = 15.0) -> dict:
@@ -387,7 +391,8 @@ def deploy(lab: Lab, topo: Topology, provider, progress: Progress = lambda m: No
         raise HalabError(f"the {type(provider).__name__} cannot reach {runner} over SSH, where kubespray runs",
                          hint="kubespray needs VMs (provider virtualbox or libvirt); "
                               "the local provider uses `deployer: static`")
-    plan = deploy_plan(topo, paths, limit, tags, reset)
+    plan = deploy_plan(topo, paths, limit, tags, reset, reset_only)
+    reset = reset or reset_only
     previous = lab.record().deploy
     lab.update(deploy={"state": "deploying", "deployer": "kubespray", "started_at": time.time(),
                        "pid": os.getpid(),
@@ -431,8 +436,10 @@ def deploy(lab: Lab, topo: Topology, provider, progress: Progress = lambda m: No
                 if key:  # what really ran is a better estimate next time than --list-tasks
                     _remember_tasks(lab, key, summary.tasks_started)
             admin_conf = paths.admin_conf(lab.name)
-            text = fetch_admin_conf(remote, admin_conf)
-            if text is None:
+            text = None if reset_only else fetch_admin_conf(remote, admin_conf)
+            if reset_only:
+                pass   # no cluster: the lab kubeconfig stays as it was, pointing nowhere
+            elif text is None:
                 if limit or tags:
                     progress(f"no {admin_conf} on {runner} after this partial run; "
                              "the lab kubeconfig was left as it was")
@@ -462,7 +469,8 @@ def deploy(lab: Lab, topo: Topology, provider, progress: Progress = lambda m: No
         remote.close()
     seconds = round(time.monotonic() - t0, 1)
     partial = bool(limit or tags) and previous.get("state") != "deployed"
-    record = {"state": "partial" if partial else "deployed", "deployer": "kubespray",
+    state = "reset" if reset_only else "partial" if partial else "deployed"
+    record = {"state": state, "deployer": "kubespray",
               "seconds": seconds, "finished_at": time.time(), "runs": runs,
               "limit": limit, "tags": tags, "reset": reset,
               "recap": {r.host: {k: v for k, v in asdict(r).items() if k != "host"}
