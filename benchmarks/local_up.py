@@ -93,8 +93,10 @@ def _lab_pids(folder: Path) -> dict[int, str]:
             continue
         if str(folder) not in cmd and "halab-lpb-" not in cmd:
             continue
-        kind = ("kubelet" if "--morph=kubelet" in cmd else
-                "kube-proxy" if "--morph=proxy" in cmd else "other")
+        argv0 = cmd.split("\0", 1)[0]   # the program itself, not its restart loop's shell
+        agent = argv0.endswith("/kubemark")
+        kind = ("kubelet" if agent and "--morph=kubelet" in cmd else
+                "kube-proxy" if agent and "--morph=proxy" in cmd else "other")
         out[int(d.name)] = kind
     return out
 
@@ -184,13 +186,13 @@ def one_run(case: str) -> dict:
 
 
 def main() -> int:
+    global IDLE_S
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", default="case2,case3-ha")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--idle", type=float, default=IDLE_S,
                     help="seconds to measure the idle lab's CPU and memory (0: skip)")
     args = ap.parse_args()
-    global IDLE_S
     IDLE_S = args.idle
     if os.geteuid() != 0:
         print("needs root (the local provider creates network namespaces)", file=sys.stderr)
