@@ -219,17 +219,23 @@ def parse_nodes(doc: dict) -> dict[str, dict]:
     return out
 
 
-def cluster_nodes(lab, topo: Topology, provider, timeout: str = "5s") -> dict[str, dict] | None:
-    """The cluster's nodes as the external path sees them; None if it does not answer."""
+def _get_json(lab, topo: Topology, provider, args: tuple, timeout: str = "5s") -> dict | None:
+    """`kubectl ARGS -o json` through the external path; None if it does not answer."""
     node, argv = path_command(lab, topo, provider, topo.external_path(), timeout,
-                              ("get", "nodes", "-o", "json"))
+                              (*args, "-o", "json"))
     cp = provider.run(node, argv, timeout=20)
     if cp.returncode != 0:
         return None
     try:
-        return parse_nodes(json.loads(cp.stdout))
+        return json.loads(cp.stdout)
     except ValueError:
         return None
+
+
+def cluster_nodes(lab, topo: Topology, provider, timeout: str = "5s") -> dict[str, dict] | None:
+    """The cluster's nodes as the external path sees them; None if it does not answer."""
+    doc = _get_json(lab, topo, provider, ("get", "nodes"), timeout)
+    return None if doc is None else parse_nodes(doc)
 
 
 def nodes_check(lab, topo: Topology, provider) -> Check | None:
@@ -320,16 +326,9 @@ def parse_pods(doc: dict) -> list[dict]:
 
 
 def workload_pods(lab, topo: Topology, provider) -> list[dict] | None:
-    node, argv = path_command(lab, topo, provider, topo.external_path(), "5s",
-                              ("-n", WORKLOAD_NAMESPACE, "get", "pods", "-l",
-                               f"app={WORKLOAD}", "-o", "json"))
-    cp = provider.run(node, argv, timeout=20)
-    if cp.returncode != 0:
-        return None
-    try:
-        return parse_pods(json.loads(cp.stdout))
-    except ValueError:
-        return None
+    doc = _get_json(lab, topo, provider, ("-n", WORKLOAD_NAMESPACE, "get", "pods", "-l",
+                                          f"app={WORKLOAD}"))
+    return None if doc is None else parse_pods(doc)
 
 
 def workload_check(lab, topo: Topology, provider) -> Check | None:
@@ -404,6 +403,15 @@ def write_check(lab, topo, provider) -> Check:
                  _first_line(cp.stderr), "" if ok else "no etcd quorum, or the API is down")
 
 
+def _no_dead_services(lab, provider) -> None:
+    """While waiting: a service that keeps exiting will not get better by waiting."""
+    dead = provider.dead_services()
+    if dead:
+        from lab.errors import HalabError
+        raise HalabError(f"{len(dead)} service(s) exited: " + "; ".join(dead),
+                         hint=f"full logs in {lab.logs}; fix, then `halab up` again")
+
+
 def wait_ready(lab, topo, provider, timeout: float = 180, progress=lambda m: None) -> list[str]:
     """Wait until every access path answers /readyz and both leases are held."""
     deadline = time.monotonic() + timeout
@@ -413,11 +421,7 @@ def wait_ready(lab, topo, provider, timeout: float = 180, progress=lambda m: Non
         pending = [p for p in pending if not _ready(lab, topo, provider, p, ready, progress)]
         if not pending:
             break
-        dead = provider.dead_services()
-        if dead:
-            from lab.errors import HalabError
-            raise HalabError(f"{len(dead)} service(s) exited: " + "; ".join(dead),
-                             hint=f"full logs in {lab.logs}; fix, then `halab up` again")
+        _no_dead_services(lab, provider)
         if time.monotonic() > deadline:
             from lab.errors import HalabError
             names = ", ".join(p.key for p in pending)
@@ -448,10 +452,7 @@ def wait_nodes(lab, topo, provider, names: list[str], replicas: int, timeout: fl
         seen = cluster_nodes(lab, topo, provider, "3s") or {}
         if all(seen.get(n, {}).get("ready") for n in names):
             break
-        dead = provider.dead_services()
-        if dead:
-            raise HalabError(f"{len(dead)} service(s) exited: " + "; ".join(dead),
-                             hint=f"full logs in {lab.logs}; fix, then `halab up` again")
+        _no_dead_services(lab, provider)
         if time.monotonic() > deadline:
             bad = [n for n in names if not seen.get(n, {}).get("ready")]
             raise HalabError(f"nodes not Ready after {timeout:.0f} s: {', '.join(bad)}",

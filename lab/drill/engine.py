@@ -139,19 +139,25 @@ def observer(topo, targets: list[str]) -> str:
     return topo.control_planes[0].name
 
 
-def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[ProbeSpec]:
-    s = s.fitted(provider)
-    base = prober_argv(provider, CLIENT)
-    specs = []
+def path_clients(lab, topo, provider):
+    """Per access path: (path, where its client sits, the prober's --kubeconfig/--context):
+    the laptop with the lab kubeconfig, or the worker with its kubelet-path one."""
     for p in topo.access_paths():
         if p.runs_on == "client":
             kc, node = str(lab.kubeconfig), CLIENT
         else:
             kc, node = provider.layout(p.runs_on).p(PROBER_KUBECONFIG), p.runs_on
         ctx = path_context(topo, p)
+        yield p, node, ["--kubeconfig", kc, *(["--context", ctx] if ctx else [])]
+
+
+def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[ProbeSpec]:
+    s = s.fitted(provider)
+    base = prober_argv(provider, CLIENT)
+    specs = []
+    for p, node, where in path_clients(lab, topo, provider):
         specs.append(ProbeSpec(p.key, "read", node, prober_argv(provider, node) + [
-            "--mode", "read", "--kubeconfig", kc, *(["--context", ctx] if ctx else []),
-            "--path", s.probe_path,
+            "--mode", "read", *where, "--path", s.probe_path,
             "--interval", str(s.probe_interval), "--timeout", str(s.probe_timeout)],
             s.probe_interval))
     obs = f"{topo.name}-{observer(topo, targets)}"
@@ -185,16 +191,10 @@ def watch_plan(lab, topo, provider, observer_context: str, s: Settings) -> list[
     control plane the fault does not touch (lab.drill.nodes reads them)."""
     specs = []
     tail = ["--timeout", str(max(s.probe_timeout, 2.0)), "--idle", str(WATCH_IDLE)]
-    for p in topo.access_paths():
-        if p.runs_on == "client":
-            kc, node = str(lab.kubeconfig), CLIENT
-        else:
-            kc, node = provider.layout(p.runs_on).p(PROBER_KUBECONFIG), p.runs_on
-        ctx = path_context(topo, p)
+    for p, node, where in path_clients(lab, topo, provider):
         specs.append(ProbeSpec(f"{nodelib.WATCH_PREFIX}{p.key}", "watch", node,
                                prober_argv(provider, node) + [
-                                   "--mode", "watch", "--resource", "leases", "--kubeconfig",
-                                   kc, *(["--context", ctx] if ctx else []), *tail]))
+                                   "--mode", "watch", "--resource", "leases", *where, *tail]))
     specs.append(ProbeSpec(nodelib.NODES_WATCH, "watch", CLIENT, prober_argv(provider, CLIENT) + [
         "--mode", "watch", "--resource", "nodes", "--kubeconfig", str(lab.kubeconfig),
         "--context", observer_context, *tail]))
