@@ -89,3 +89,51 @@ def test_the_watch_worker_reads_leases_and_nodes_as_the_api_serves_them():
     rec = prober.event_record("nodes", recorded["items"][0])
     assert rec == {"kind": "node", "node": "k8s-node1", "ready": True, "reason": "KubeletReady",
                    "taints": ["node-role.kubernetes.io/master:NoSchedule"]}
+
+
+def _topo(case: str):
+    from lab.model import scenario
+    from lab.model.topology import Topology
+    return Topology.of(scenario.load(case))
+
+
+def test_node_expectations_follow_the_kubelets_path():
+    from lab.drill import expect
+    for case, worker_nr in (("case2", False), ("case3", True)):
+        topo = _topo(case)
+        nodes_ = [n.name for n in (*topo.control_planes, *topo.workers)]
+        paths = expect.expectations(topo, "stop-lb", ["admin-lb"])
+        long = expect.node_expectations(topo, "stop-lb", ["admin-lb"], paths, 60, nodes_)
+        short = expect.node_expectations(topo, "stop-lb", ["admin-lb"], paths, 20, nodes_)
+        for cp in topo.control_planes:        # their kubelets use their own API server
+            assert (long[cp.name].heartbeats, long[cp.name].not_ready) == ("continue", False)
+        for w in topo.workers:
+            assert long[w.name].not_ready is worker_nr
+            assert short[w.name].not_ready is False    # 20 s < node-monitor-grace-period
+        if worker_nr:
+            assert long["k8s-node4"].within == 47.0 and long["k8s-node4"].heartbeats == "stop"
+    # the controller-manager may sit on the killed control plane: its standby starts over
+    topo = _topo("case2")
+    nodes_ = [n.name for n in (*topo.control_planes, *topo.workers)]
+    paths = expect.expectations(topo, "kill", ["k8s-node1"])
+    e = expect.node_expectations(topo, "kill", ["k8s-node1"], paths, 90, nodes_)
+    assert e["k8s-node1"].heartbeats == "stop" and e["k8s-node1"].within == 64.0
+    assert "standby takes over" in e["k8s-node1"].reason
+    assert e["k8s-node4"].heartbeats == "may pause" and e["k8s-node4"].not_ready is False
+
+
+def test_the_verdict_judges_notready_or_not():
+    from lab.drill.verdict import judge_nodes
+    j = {"node_expectations": {
+             "k8s-node4": {"heartbeats": "stop", "not_ready": True, "within": 47.0},
+             "k8s-node1": {"heartbeats": "continue", "not_ready": False, "within": None},
+             "k8s-node2": {"heartbeats": "continue", "not_ready": None, "within": None}},
+         "nodes": {"k8s-node4": {"max_heartbeat_gap": 12.0, "ready_transitions": []},
+                   "k8s-node1": {"max_heartbeat_gap": 60.0,
+                                 "ready_transitions": [{"t": 44.0, "ready": False}]},
+                   "k8s-node2": {"max_heartbeat_gap": 60.0,
+                                 "ready_transitions": [{"t": 44.0, "ready": False}]}}}
+    v = judge_nodes(j)
+    assert not v["k8s-node4"]["agree"] and "expected NotReady by +47 s" in v["k8s-node4"]["verdict"]
+    assert not v["k8s-node1"]["agree"] and "NotReady at +44.0 s" in v["k8s-node1"]["verdict"]
+    assert v["k8s-node2"]["agree"]      # can't say: not judged

@@ -503,11 +503,12 @@ def node_expectations(topo: Topology, fault: str, targets: list[str], paths: dic
             if beat == "may pause":
                 why += (f"; a renewal that meets the failing server waits up to {KUBELET_RENEW:g}"
                         " s (the kubelet's heartbeat timeout), then the kubelet closes its "
-                        "connections and dials again")
+                        "connections and dials again, and the next one gets through: far from "
+                        f"the {NODE_MONITOR_GRACE:g} s without one that make a node NotReady")
         if beat == "continue":
             nr, when = False, None
         elif beat == "may pause":
-            nr, when = (False if duration < grace - MARGIN else None), None
+            nr, when = False, None
         elif duration >= grace + late + 2 * MARGIN + KUBELET_RENEW:
             nr, when = True, round(grace + late + MARGIN, 1)
         elif duration < NODE_MONITOR_GRACE - MARGIN:
@@ -519,7 +520,7 @@ def node_expectations(topo: Topology, fault: str, targets: list[str], paths: dic
                        f"NotReady by +{when:g} s" if when else "",
                  False: "; it stays Ready" + (
                      f" (the fault lasts {duration:g} s, less than node-monitor-grace-period "
-                     f"{NODE_MONITOR_GRACE:g} s)" if beat != "continue" else ""),
+                     f"{NODE_MONITOR_GRACE:g} s)" if beat == "stop" else ""),
                  None: f"; NotReady or not depends on timing: the fault lasts {duration:g} s, "
                        f"the node controller waits {NODE_MONITOR_GRACE:g} s (+{NODE_MONITOR_PERIOD:g}"
                        " s)"}[nr]

@@ -91,7 +91,33 @@ def render_plan(topo: Topology, fault: str, targets: list[str], ctx: expect.Cont
         lines.append("After the restore:")
         for text, keys in after.items():
             lines.append(_wrap(f"{', '.join(keys)}: {text}", width, "  - ", "    "))
+    lines += _node_plan(topo, fault, targets, dict(table), width)
     return "\n".join(lines)
+
+
+NODE_PLAN_DURATION = 60.0   # longer than node-monitor-grace-period: the nodes' plan is for this
+
+
+def _node_plan(topo: Topology, fault: str, targets: list[str], paths: dict,
+               width: int) -> list[str]:
+    """What each node's kubelet lives through if the fault lasts 60 s."""
+    nodes = [n.name for n in (*topo.control_planes, *topo.workers)]
+    if not nodes:
+        return []
+    exps = expect.node_expectations(topo, fault, targets, paths, NODE_PLAN_DURATION, nodes)
+    lines = [f"Nodes, if the fault lasts {NODE_PLAN_DURATION:g} s (--duration "
+             f"{NODE_PLAN_DURATION:g}; node-monitor-grace-period is "
+             f"{expect.NODE_MONITOR_GRACE:g} s):"]
+    groups: dict[str, list[str]] = {}
+    for name, e in exps.items():   # nodes alike are told once
+        ready = {True: f"NotReady by +{e.within:g}s" if e.within else "NotReady",
+                 False: "stays Ready", None: "Ready or not (timing)"}[e.not_ready]
+        text = f"heartbeats {e.heartbeats}, {ready}: " + e.reason.replace(
+            f"{name}'s kubelet", "its kubelet").replace(name, "the node")
+        groups.setdefault(text, []).append(name)
+    for text, names in groups.items():
+        lines.append(_wrap(f"{', '.join(names)}: {text}", width, "  - ", "    "))
+    return lines
 
 
 def matrix(topo: Topology, cases: list[tuple[str, list]], ctx: expect.Context) -> str:
