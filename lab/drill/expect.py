@@ -498,8 +498,8 @@ def node_expectations(topo: Topology, fault: str, targets: list[str], paths: dic
             e = paths.get(f"worker:{name}")
             kind = e.expect if e else "up"
             beat = {"up": "continue", "down": "stop"}.get(kind, "may pause")
-            why = (f"{name}'s kubelet goes its Case {topo.case} path ({kind} in this drill): "
-                   + (e.reason if e else "untouched"))
+            why = (f"{name}'s kubelet goes its Case {topo.case} path, worker:{name}, "
+                   f"which is {kind} in this drill (see that path's causes)")
             if beat == "may pause":
                 why += (f"; a renewal that meets the failing server waits up to {KUBELET_RENEW:g}"
                         " s (the kubelet's heartbeat timeout), then the kubelet closes its "

@@ -113,7 +113,8 @@ def _node_plan(topo: Topology, fault: str, targets: list[str], paths: dict,
         ready = {True: f"NotReady by +{e.within:g}s" if e.within else "NotReady",
                  False: "stays Ready", None: "Ready or not (timing)"}[e.not_ready]
         text = f"heartbeats {e.heartbeats}, {ready}: " + e.reason.replace(
-            f"{name}'s kubelet", "its kubelet").replace(name, "the node")
+            f"{name}'s kubelet", "its kubelet").replace(f"worker:{name}", "its worker: path"
+                                                         ).replace(name, "the node")
         groups.setdefault(text, []).append(name)
     for text, names in groups.items():
         lines.append(_wrap(f"{', '.join(names)}: {text}", width, "  - ", "    "))
