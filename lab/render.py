@@ -167,6 +167,9 @@ def nginx_proxy_conf(topo: Topology, worker: Node, runtime: NginxRuntime = Nginx
 
 # ------------------------------------------------------------------ kubespray
 
+EMULATED_PKG_INSTALL_TIMEOUT = 45 * 60
+
+
 def kubespray_vars(topo: Topology) -> dict[str, dict]:
     """group_vars per group for the chosen Case (REFERENCE.md sections 2-3).
 
@@ -195,6 +198,12 @@ def kubespray_vars(topo: Topology) -> dict[str, dict]:
         # Its "unsafe" part is download credentials, which halab never sets.
         "unsafe_show_logs": True,
     }
+    if s.provider == "libvirt" and s.provider_options["libvirt"]["driver"] == "qemu":
+        # software-emulated VMs install packages 10-20x slower: kubespray (v2.31.0 and
+        # later) gives its package task 5 min and stops the run after that (seen here:
+        # "failed to execute in the expected time frame (300)"); its own CI gives slow
+        # distributions 15 min
+        all_vars["pkg_install_timeout"] = EMULATED_PKG_INSTALL_TIMEOUT
     sans = topo.api_sans()
     if s.case in (1, 2):
         all_vars["loadbalancer_apiserver_localhost"] = True
