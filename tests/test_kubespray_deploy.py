@@ -774,3 +774,16 @@ def test_reset_and_reset_only_exclude_each_other(tmp_path):
     _state_lab(tmp_path, "case3")
     res = _cli("deploy", "--labs-dir", str(tmp_path), "--reset", "--reset-only")
     assert res.exit_code == 1 and "--reset and --reset-only exclude each other" in res.output
+
+
+def test_emulated_vms_give_kubespray_more_time_for_packages(tmp_path):
+    """kubespray v2.31.0 stops its package task after 5 min; an emulated VM needed more
+    (seen in the real kubespray test: "failed to execute in the expected time frame")."""
+    from lab import render
+    p = tmp_path / "q.yaml"
+    p.write_text("extends: case2\nname: q\nprovider: libvirt\n"
+                 "provider_options:\n  libvirt: {driver: qemu}\n")
+    emulated = render.kubespray_vars(Topology.of(scenario.load(str(p))))["all"]
+    assert emulated["pkg_install_timeout"] == 45 * 60
+    assert "pkg_install_timeout" not in render.kubespray_vars(
+        Topology.of(scenario.load("case2")))["all"]
