@@ -126,8 +126,7 @@ def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
         write_kubeconfigs(lab, topo, pki, provider)
         progress("waiting for every access path to answer /readyz")
         from lab.deploy import verify
-        from lab.deploy.verify import wait_ready
-        ready = wait_ready(lab, topo, provider, timeout=timeout, progress=progress)
+        ready = verify.wait_ready(lab, topo, provider, timeout=timeout, progress=progress)
         bind_prober(lab, provider)
         times: dict = {}
         replicas = verify.workload_replicas(topo) if nodes else 0
