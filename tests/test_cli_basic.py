@@ -383,9 +383,12 @@ def test_drill_plan_fits_a_terminal_and_explains_each_cause_once(monkeypatch):
     one = halab("drill", "plan", "case2", "kill", "etcd-leader").output
     causes = re.findall(r"^  \[(\d+)\] ", one, re.M)
     assert causes == [str(i) for i in range(1, len(causes) + 1)]
-    refs = re.findall(r"^  (?:external|direct:\S+|worker:\S+|write)\s+\S+(?: <\d+s)?\s+((?:\[\d+\] ?)+)$",
-                      one, re.M)
+    refs = re.findall(r"^  (?:external|direct:\S+|worker:\S+|write)\s+\S+(?: <\d+s)?\s+"
+                      r"((?:\[\d+\] ?)+)(.*)$", one, re.M)
     assert len(refs) == 7, one            # every path names its causes by number ...
+    # ... and the mechanisms that end its errors, with the lab's numbers
+    named = [rest for _, rest in refs if rest.strip()]
+    assert len(named) == 6 and all("etcd leader election ~10s" in r for r in named), one
     assert one.count("elect a new one") == 1   # ... and the election is explained once
 
 

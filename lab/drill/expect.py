@@ -85,6 +85,9 @@ class Expectation:
     after_restore: str = ""      # what may happen while it recovers
     accept: tuple = ()           # other measurements that still agree (explained in reason)
     causes: tuple = ()           # the reasons one by one (a plan explains each cause once)
+    # the mechanisms that end (or keep up) this path's errors, each with the seconds after
+    # injection at which it should act: ({"id": ..., "predicted": s | None}, ...)
+    mechanisms: tuple = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -129,6 +132,7 @@ class _Effect:
     after_restore: str = ""
     accept: tuple = ()
     causes: tuple = ()
+    mech: tuple = ()             # ((mechanism id, predicted seconds | None), ...)
 
 
 def _worst(effects: list[_Effect]) -> _Effect:
@@ -144,8 +148,15 @@ def _worst(effects: list[_Effect]) -> _Effect:
             reasons.append(e.reason)
     after = "; ".join(dict.fromkeys(e.after_restore for e in effects if e.after_restore))
     accept = tuple(dict.fromkeys(a for e in chosen for a in e.accept))
+    # the mechanisms that shape the error window: all of them, unless the path is down
+    # for the whole fault (then only what keeps it down)
+    mech: dict = {}
+    for e in (chosen if top == 3 else effects):
+        for mid, sec in e.mech:
+            old = mech.get(mid)
+            mech[mid] = sec if old is None else max(old, sec if sec is not None else old)
     return _Effect(chosen[0].expect, "; ".join(reasons), within if top == 1 else None, after,
-                   accept, tuple(reasons))
+                   accept, tuple(reasons), tuple(mech.items()))
 
 
 def _hows(fault: str, node: str) -> str:
@@ -200,7 +211,7 @@ def _expectations(topo: Topology, fault: str, targets: list[str],
     for p in topo.access_paths():
         effects = list(common)
         if no_api:
-            effects.append(_Effect("down", "no API server is left"))
+            effects.append(_Effect("down", "no API server is left", mech=(("no_failover", None),)))
         if p.key.startswith("direct:"):
             effects += _direct(topo, fault, targets, p.key.split(":", 1)[1], tm)
         elif p.key == "external":
@@ -219,33 +230,39 @@ def _expectations(topo: Topology, fault: str, targets: list[str],
                 effects += _via_haproxy(topo, fault, targets, ctx, tm)
         e = _worst(effects)
         out[p.key] = Expectation(p.key, e.expect, e.reason, e.within, e.after_restore, e.accept,
-                                 e.causes)
+                                 e.causes, _mechs(e))
     # the write probe goes straight to a control plane the fault does not touch
     obs = ctx.observer or next((c.name for c in topo.control_planes if c.name not in targets),
                                topo.control_planes[0].name)
     effects = list(common) + _direct(topo, fault, targets, obs, tm)
     if no_api:
-        effects.append(_Effect("down", "no API server is left"))
+        effects.append(_Effect("down", "no API server is left", mech=(("no_failover", None),)))
     if no_quorum:
         effects.append(_Effect("down", "no etcd quorum: etcd refuses every write (the API "
-                                       "answers reads only from its cache, if at all)"))
+                                       "answers reads only from its cache, if at all)",
+                               mech=(("etcd_quorum", None),)))
     members_hit = any(t in {m.name for m in topo.etcd_members} for t in targets)
     if fault == "freeze" and members_hit and not no_quorum:
         effects.append(_Effect("degraded", "a write needs several etcd requests (create, then "
                                            "get+delete), so most writes meet the frozen member",
-                               accept=("down",)))
+                               accept=("down",), mech=(("etcd_keepalive", ETCD_CLIENT_FROZEN),)))
     elif fault in ("kill", "partition") and members_hit and not no_quorum:
         effects.append(_Effect(
             "degraded", f"{_apiserver_words(topo)} keeps one etcd client per resource type: the "
                         "ConfigMap client may hold an idle connection to the lost member and "
                         "find out only when it uses it, or after gRPC keepalive (30 s idle + "
                         f"{ETCD_CLIENT_DEAD:g} s), so writes may keep failing longer than reads",
-            accept=("blip",)))
+            accept=("blip",), mech=(("etcd_keepalive", ETCD_CLIENT_FROZEN),)))
     e = _worst(effects)
     out["write"] = Expectation("write", e.expect,
                                f"create+delete a ConfigMap directly on {obs}: " + e.reason,
-                               e.within, e.after_restore, e.accept, e.causes)
+                               e.within, e.after_restore, e.accept, e.causes, _mechs(e))
     return out
+
+
+def _mechs(e: _Effect) -> tuple:
+    return tuple({"id": mid, "predicted": None if sec is None else round(sec, 1)}
+                 for mid, sec in e.mech)
 
 
 def _worker_down(topo, fault: str, worker: str) -> _Effect:
@@ -259,7 +276,7 @@ def _worker_down(topo, fault: str, worker: str) -> _Effect:
            "partition": f"{worker} is cut off the network: it reaches no API server",
            "freeze": f"{worker}'s nginx proxy is frozen: the kernel accepts the connection on "
                      "localhost:6443, nothing answers"}[fault]
-    return _Effect("down", why)
+    return _Effect("down", why, mech=(("no_failover", None),))
 
 
 def _common_effects(topo, fault, targets, ctx, tm, no_quorum) -> list[_Effect]:
@@ -269,7 +286,7 @@ def _common_effects(topo, fault, targets, ctx, tm, no_quorum) -> list[_Effect]:
         effects.append(_Effect("down", "etcd has lost its quorum: every API server fails "
                                        "/readyz and every write until the members come back",
                                after_restore="etcd must re-elect a leader before the API "
-                                             "answers again"))
+                                             "answers again", mech=(("etcd_quorum", None),)))
         return effects
     members = {m.name for m in topo.etcd_members}
     hit = [t for t in targets if t in members and fault in ETCD_LOST]
@@ -292,7 +309,9 @@ def _common_effects(topo, fault, targets, ctx, tm, no_quorum) -> list[_Effect]:
                         "that member, whose kernel still accepts them; those requests hang, so "
                         "about one in three API calls fails on every API server until gRPC's "
                         f"keepalive gives up on the member (~{ETCD_CLIENT_FROZEN:g} s)",
-            accept=("blip",)))
+            accept=("blip",), mech=((("etcd_election", tm["etcd_election_max"]),)
+                                    if leader in hit else ())
+            + (("etcd_keepalive", ETCD_CLIENT_FROZEN),)))
     else:
         why = (f"etcd on {who} is unreachable: every kube-apiserver's etcd client keeps "
                "sending its share of requests (round-robin over --etcd-servers) there until "
@@ -300,7 +319,9 @@ def _common_effects(topo, fault, targets, ctx, tm, no_quorum) -> list[_Effect]:
                "TCP_USER_TIMEOUT), so about one in three API calls hangs meanwhile, on every "
                "access path")
         within = ETCD_CLIENT_DEAD + 2 * MARGIN
+        mech: tuple = (("etcd_keepalive", ETCD_CLIENT_DEAD),)
         if leader in hit:
+            mech = (("etcd_election", tm["etcd_election_max"]),) + mech
             why = (f"{leader} held the etcd leader: nobody can commit or serve a quorum read "
                    f"until the others elect a new one: each waits {election:g}-"
                    f"{tm['etcd_election_max']:g} s without a heartbeat (a random election "
@@ -315,7 +336,7 @@ def _common_effects(topo, fault, targets, ctx, tm, no_quorum) -> list[_Effect]:
             after = ("halab runs etcd with --pre-vote (etcd 3.5's default): the healed member "
                      "asks before it campaigns, so its return forces no new election; its "
                      "etcd and API server still need a few seconds to catch up after the heal")
-        effects.append(_Effect("blip", why, within, after))
+        effects.append(_Effect("blip", why, within, after, mech=mech))
     return effects
 
 
@@ -324,14 +345,16 @@ def _direct(topo, fault, targets, cp: str, tm, external=False) -> list[_Effect]:
     if cp not in targets or fault not in APISERVER_LOST:
         if cp in targets and fault == "stop-etcd":
             return [_Effect("up", f"kube-apiserver on {cp} lists every etcd member in "
-                                  "--etcd-servers and moves to another one")]
+                                  "--etcd-servers and moves to another one",
+                            mech=(("etcd_refused", 0.0),))]
         return []
     why = _hows(fault, cp)
     if external:
         why += ("; Case 1 has no load balancer: external kubectl is configured with "
                 f"{cp} only and fails until someone switches the context by hand")
     return [_Effect("down", why, after_restore=f"fails until kube-apiserver on {cp} is ready "
-                                                "again" if fault != "freeze" else "")]
+                                                "again" if fault != "freeze" else "",
+                    mech=(("no_failover", None),))]
 
 
 def _via_haproxy(topo, fault, targets, ctx, tm) -> list[_Effect]:
@@ -345,12 +368,13 @@ def _via_haproxy(topo, fault, targets, ctx, tm) -> list[_Effect]:
                     f"a single point of failure for external access only (Case {topo.case}: "
                     "the nodes do not use it)")
             effects.append(_Effect("down", _hows(fault, hit_lbs[0]) + "; it is the only load "
-                                   "balancer: " + spof))
+                                   "balancer: " + spof, mech=(("no_failover", None),)))
         else:
             holder = ctx.vip_holder
             live = [lb for lb in lbs if lb not in hit_lbs]
             if not live:
-                effects.append(_Effect("down", "both load balancers are out"))
+                effects.append(_Effect("down", "both load balancers are out",
+                                       mech=(("no_failover", None),)))
             elif holder is not None and holder not in hit_lbs:
                 effects.append(_Effect("up", f"{', '.join(hit_lbs)} is the keepalived backup; "
                                        f"the VIP {topo.lb_address} stays on {holder}",
@@ -369,7 +393,8 @@ def _via_haproxy(topo, fault, targets, ctx, tm) -> list[_Effect]:
                            "s)")
                 effects.append(_Effect("blip", why, within,
                                        after_restore=f"the VIP may move back to {hit_lbs[0]} "
-                                                     "(higher priority): a short blip"))
+                                                     "(higher priority): a short blip",
+                                       mech=(("vrrp", within - 2 * MARGIN),)))
     leader = ctx.etcd_leader
     if fault in ("kill", "partition") and leader in targets and \
             leader in {m.name for m in topo.etcd_members}:
@@ -381,14 +406,17 @@ def _via_haproxy(topo, fault, targets, ctx, tm) -> list[_Effect]:
                     f"the TLS handshake) until {tm['haproxy_rise']} good checks "
                     f"{tm['haproxy_downinter']:g} s apart after the election "
                     f"(~{tm['haproxy_back_up']:g} s)",
-            tm["etcd_election_max"] + tm["haproxy_back_up"] + 2 * MARGIN))
+            tm["etcd_election_max"] + tm["haproxy_back_up"] + 2 * MARGIN,
+            mech=(("etcd_election", tm["etcd_election_max"]),
+                  ("haproxy_rise", tm["etcd_election_max"] + tm["haproxy_back_up"]))))
     cps = [t for t in targets if t in {c.name for c in topo.control_planes}]
     if cps and fault in APISERVER_LOST:
         if fault == "stop-apiserver":
             effects.append(_Effect("up", f"HAProxy: a refused connection is retried on another "
                                    f"API server (option redispatch, retries "
                                    f"{tm['haproxy_retries']}), and the /readyz check marks "
-                                   f"{cps[0]} DOWN within ~{tm['haproxy_detect_dead']:g} s"))
+                                   f"{cps[0]} DOWN within ~{tm['haproxy_detect_dead']:g} s",
+                                   mech=(("haproxy_redispatch", 0.0),)))
         elif fault == "freeze":
             effects.append(_Effect(
                 "blip", f"{cps[0]} accepts TCP but never answers: HAProxy's /readyz check "
@@ -396,7 +424,8 @@ def _via_haproxy(topo, fault, targets, ctx, tm) -> list[_Effect]:
                         f"{tm['haproxy_fall']}) and marks it DOWN after ~"
                         f"{tm['haproxy_detect_hang']:g} s, closing the hung sessions "
                         "(on-marked-down shutdown-sessions); requests sent there until then "
-                        "hang", tm["haproxy_detect_hang"] + MARGIN))
+                        "hang", tm["haproxy_detect_hang"] + MARGIN,
+                mech=(("haproxy_check", tm["haproxy_detect_hang"]),)))
         else:
             effects.append(_Effect(
                 "blip", f"{_hows(fault, cps[0])}; HAProxy's check fails and marks it DOWN after "
@@ -405,7 +434,8 @@ def _via_haproxy(topo, fault, targets, ctx, tm) -> list[_Effect]:
                         "until then new connections sent there wait for timeout connect "
                         f"({tm['haproxy_timeout_connect']:g} s)", tm["haproxy_detect_dead"]
                 + MARGIN, after_restore=f"HAProxy sends traffic to {cps[0]} again only after "
-                                        f"{tm['haproxy_rise']} good /readyz checks"))
+                                        f"{tm['haproxy_rise']} good /readyz checks",
+                mech=(("haproxy_check", tm["haproxy_detect_dead"]),)))
     return effects
 
 
@@ -418,12 +448,12 @@ def _via_nginx(topo, fault, targets, worker, tm) -> list[_Effect]:
         return [_Effect("up", f"nginx on {worker} gets 'connection refused' from {cp} and "
                               "tries the next API server at once (passive check)",
                         after_restore=f"nginx may send requests to {cp} while its API server "
-                                      "is still starting")]
+                                      "is still starting", mech=(("nginx_refused", 0.0),))]
     if fault == "freeze":
         return [_Effect("degraded", f"nginx has passive checks only and the frozen {cp} "
                                     "still accepts TCP: nginx sees no error and keeps sending "
                                     "its share of new connections there, which hang (its "
-                                    "proxy_timeout is 10 min)")]
+                                    "proxy_timeout is 10 min)", mech=(("nginx_frozen", None),))]
     return [_Effect("degraded", f"{_hows(fault, cp)}; nginx has passive checks only: a "
                                 f"connection sent to {cp} waits proxy_connect_timeout "
                                 f"({tm['nginx_connect_timeout']:g} s) before nginx tries the "
@@ -431,7 +461,8 @@ def _via_nginx(topo, fault, targets, worker, tm) -> list[_Effect]:
                                 f"({tm['nginx_fail_timeout']:g} s): a slow or failed request "
                                 "now and then, for as long as the fault lasts",
                         after_restore=f"nginx may send requests to {cp} while its API server "
-                                      "is still starting")]
+                                      "is still starting",
+                        mech=(("nginx_connect_timeout", tm["nginx_connect_timeout"]),))]
 
 
 def plan_table(topo: Topology, fault: str, targets: list[str],
@@ -458,9 +489,10 @@ class NodeExpectation:
     not_ready: bool | None     # will the node controller mark it NotReady? None: can't say
     reason: str
     within: float | None = None   # NotReady this long after injection, at the latest
+    mechanisms: tuple = ()        # as Expectation.mechanisms
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 def node_expectations(topo: Topology, fault: str, targets: list[str], paths: dict,
@@ -528,5 +560,13 @@ def node_expectations(topo: Topology, fault: str, targets: list[str], paths: dic
             words += (f"; the controller-manager that marks nodes may be on {', '.join(targets)}"
                       f": its standby takes over after ~{LEADER_TAKEOVER:g} s and starts the "
                       "grace period afresh")
-        out[name] = NodeExpectation(name, beat, nr, why + words, when)
+        mech = [{"continue": ("kubelet_renew", KUBELET_RENEW),
+                 "may pause": ("kubelet_retry", 2 * KUBELET_RENEW),
+                 "stop": ("no_failover", None)}[beat]]
+        if nr:
+            mech.append(("node_monitor_grace", when))
+        if nr is not False and cm_hit:
+            mech.append(("leader_election", LEADER_TAKEOVER))
+        out[name] = NodeExpectation(name, beat, nr, why + words, when, tuple(
+            {"id": m, "predicted": sec} for m, sec in mech))
     return out

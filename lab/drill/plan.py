@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from lab.errors import HalabError
 from lab.model.topology import Topology
-from lab.drill import expect, faults as faultlib
+from lab.drill import expect, faults as faultlib, mechanisms
 
 
 def representative(topo: Topology, fault: str) -> list[str]:
@@ -82,7 +82,12 @@ def render_plan(topo: Topology, fault: str, targets: list[str], ctx: expect.Cont
     for key, e in table:
         word = e.expect.upper() + (f" <{e.within:g}s" if e.within else "")
         refs = " ".join(f"[{causes.index(c) + 1}]" for c in (e.causes or (e.reason,)))
-        lines.append(f"  {key:<{key_w}}  {word:<12} {refs}")
+        acts = ", ".join(f"{mechanisms.NAMES.get(m['id'], m['id'])} "
+                         + (f"~{m['predicted']:g}s" if m["predicted"] is not None
+                            else "whole fault")
+                         for m in e.mechanisms if m["id"] != "no_failover")
+        head = f"  {key:<{key_w}}  {word:<12} {refs:<10} "
+        lines.append(_wrap(acts, width, head, " " * len(head)) if acts else head.rstrip())
     after: dict[str, list[str]] = {}
     for key, e in table:
         if e.after_restore:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from lab.table import table
-from lab.drill import journal as jlib, nodes as nodelib, verdict as verdictlib
+from lab.drill import mechanisms, journal as jlib, nodes as nodelib, verdict as verdictlib
 from lab.drill.expect import ROLE_WORDS
 
 
@@ -109,6 +109,7 @@ def terminal(journal: dict) -> str:
                      f"{v.get('lab_stall_excused', 0)} failure(s) of paths through them not "
                      "counted")
     lines += nodelib.lines(journal)
+    lines += mechanisms.lines(journal, v)
     if v.get("healthy_after") is not None:
         lines.append("health after restore: " + ("OK (every `halab verify` check passed)"
                                                  if v["healthy_after"] else "NOT healthy: " +
@@ -438,6 +439,7 @@ def _drill_section(journal: dict, top: bool = False) -> str:
                    "DOWN from 10 s after a renewal that was not followed by the next) and its "
                    "Ready condition as the node controller set it</div>"
                    + _svg_states(journal, rows))
+    out.append(_mechanism_table(journal, v))
     watch_notes = nodelib.lines(journal)
     if watch_notes:
         out.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in watch_notes) + "</ul>")
@@ -447,6 +449,41 @@ def _drill_section(journal: dict, top: bool = False) -> str:
     if journal.get("errors"):
         out.append("<h3>Errors</h3><ul>" + "".join(f"<li>{e(x)}</li>" for x in journal["errors"])
                    + "</ul>")
+    return "\n".join(out)
+
+
+def _mechanism_table(journal: dict, v: dict) -> str:
+    """Each mechanism once (its setting, predicted and measured), then each path's and
+    node's error window as the mechanisms that shaped it."""
+    e = html.escape
+    sp = v.get("mechanisms") or {}
+    if not sp.get("mechanisms"):
+        return ""
+    out = ['<h3>Why the errors lasted as long as they did</h3><div class="muted">each '
+           "mechanism with the lab's own settings: when it should act (seconds after "
+           "injection) and when it did</div>",
+           "<table><tr><th>mechanism</th><th>predicted</th><th>measured</th><th></th>"
+           "<th>lab setting</th></tr>"]
+    for m in sp["mechanisms"]:
+        state = {True: ("ok", "as predicted"), False: ("bad", "later than predicted on "
+                                                       + ", ".join(m["late"])),
+                 None: ("muted", "not measured")}[m["agree"]]
+        out.append(f"<tr><td><b>{e(m['name'])}</b></td><td>{e(mechanisms._s(m['predicted']))}"
+                   f"</td><td>{e(mechanisms._s(m['measured']))}</td>"
+                   f'<td class="{state[0]}">{e(state[1])}</td><td class="reason">'
+                   f"{e(m['setting'])}</td></tr>")
+    out.append("</table><ul>")
+    for kind in ("paths", "nodes"):
+        for key, rows in sp.get(kind, {}).items():
+            p = v.get("paths", {}).get(key, {}) if kind == "paths" else {}
+            if kind == "paths" and not p.get("failures"):
+                continue
+            words = mechanisms.path_words(rows)
+            if words:
+                head = (f"{key}: errors +{p['first_failure']:.1f} .. "
+                        f"+{p['errors_stop_after']:.1f} s" if kind == "paths" else f"node {key}")
+                out.append(f"<li>{e(head)} = {e(words)}</li>")
+    out.append("</ul>")
     return "\n".join(out)
 
 

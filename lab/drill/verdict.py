@@ -258,7 +258,7 @@ def judge(journal: dict) -> dict:
             reasons.append(e)
     node_verdicts = judge_nodes(journal)
     reasons += [f"node {n}: {v['verdict']}" for n, v in node_verdicts.items() if not v["agree"]]
-    return {"ok": not reasons, "paths": paths, "reasons": reasons, "healthy_after": healthy,
+    out = {"ok": not reasons, "paths": paths, "reasons": reasons, "healthy_after": healthy,
             "nodes": node_verdicts,
             "host_stall_seconds": seconds_inside(stalls, start, end),
             "lab_stall_seconds": seconds_inside(stalled_lab, start, end),
@@ -267,6 +267,9 @@ def judge(journal: dict) -> dict:
             "haproxy_down_after": haproxy_detection(journal),
             "vip_moved_after": vip_move(journal),
             "etcd_elected_after": etcd_election(journal)}
+    from lab.drill import mechanisms   # it measures with this module's helpers
+    out["mechanisms"] = mechanisms.split(journal, out)
+    return out
 
 
 def judge_nodes(journal: dict) -> dict[str, dict]:
