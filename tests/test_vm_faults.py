@@ -274,3 +274,29 @@ def test_a_host_command_gets_its_input(tmp_path):
                                  Topology.of(scen.load("case2", provider="libvirt")))
     assert prov.run("client", ["cat"], input="kind: ClusterRoleBinding\n").stdout == \
         "kind: ClusterRoleBinding\n"
+
+
+def test_static_nodes_on_vms_are_units_with_a_tmp_of_their_own(vm_provider, tmp_path):
+    """With kubemark beside the Kubernetes binaries, every node of a static VM lab runs
+    a hollow kubelet and kube-proxy as units: each waits for the API server its Case
+    gives it, and the kubelet gets a /tmp of its own (its fake runtime's socket)."""
+    from lab.deploy import controlplane
+    from lab.deploy.pki import lab_pki
+    from lab.render import LabSecrets
+    prov = vm_provider(deployer="static")
+    assert prov.layout("k8s-node1").kubemark == ""      # no kubemark: no nodes
+    bins = tmp_path / "k8s"
+    bins.mkdir()
+    (bins / "kubemark").write_bytes(b"\x7fELF")
+    prov.k8s_bin_dir = str(bins)
+    assert prov.layout("k8s-node1").kubemark == "/opt/halab/bin/kubemark"
+    specs = controlplane.plan_for(prov, prov.topo, lab_pki(prov.topo), LabSecrets.generate())
+    kubelets = {s.node: s for s in specs if s.name == "kubelet"}
+    assert set(kubelets) == {n.name for n in (*prov.topo.control_planes, *prov.topo.workers)}
+    cp = vprov.systemd_unit(kubelets["k8s-node1"])
+    assert "PrivateTmp=yes" in cp and "https://127.0.0.1:6443/healthz" in cp
+    assert "--morph=kubelet --name=k8s-node1" in cp
+    worker = vprov.systemd_unit(kubelets[prov.topo.workers[0].name])
+    assert "https://localhost:6443/healthz" in worker      # Case 2: its nginx proxy
+    proxy = vprov.systemd_unit(next(s for s in specs if s.name == "kube-proxy"))
+    assert "PrivateTmp" not in proxy and "--morph=proxy" in proxy

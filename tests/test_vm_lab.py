@@ -102,14 +102,18 @@ def test_up_then_deploy_a_control_plane_on_the_vms(vm_testbed, lab_dir):
     cp, TIMINGS["verify"] = tb.halab(["verify", "--wait", "300"], lab_dir, timeout=900)
     assert cp.returncode == 0 and "checks passed" in cp.stdout
     assert "3/3 members answer" in cp.stdout, cp.stdout   # every etcd member joined
+    # every control plane is a node too: a hollow kubelet and kube-proxy (kubemark) as
+    # systemd units, registered with the node's own identity, Ready, at v1.20.2
+    n = len(CONTROL_PLANES) + (1 if FULL else 0)
+    assert f"nodes Ready {n}/{n}" in cp.stdout, cp.stdout
     if FULL:
         assert f"worker:{WORKER} (https://localhost:6443)" in cp.stdout
 
     # the control plane runs as systemd units, binaries uploaded by halab
     cp, _ = tb.halab(["ssh", "k8s-node2", "--", "systemctl", "is-active", "halab-etcd",
                       "halab-kube-apiserver", "halab-kube-controller-manager",
-                      "halab-kube-scheduler"], lab_dir)
-    assert cp.stdout.split() == ["active"] * 4
+                      "halab-kube-scheduler", "halab-kubelet", "halab-kube-proxy"], lab_dir)
+    assert cp.stdout.split() == ["active"] * 6
     if FULL:
         cp, _ = tb.halab(["ssh", WORKER, "--", "systemctl", "is-active", "halab-nginx-proxy"],
                          lab_dir)
@@ -190,6 +194,15 @@ def test_kill_an_etcd_follower_and_kubectl_keeps_working(vm_testbed, lab_dir):
     assert len(late) >= 15 and all(p["ok"] for p in late), v["paths"]["external"]
     # writes (through another control plane) kept working: etcd kept its quorum
     assert any(p["ok"] for p in j["probes"]["write"] if inj + 5 <= p["t"] <= fault_end)
+    # what the kubelets lived through: the killed node's heartbeats stopped for the
+    # fault; the others' kubelets (on their own API servers) kept renewing and stayed Ready
+    nodes = j["nodes"]
+    assert set(nodes) == set(CONTROL_PLANES) | ({WORKER} if FULL else set()), nodes
+    assert nodes[killed]["max_heartbeat_gap"] >= 40, nodes[killed]
+    for other in set(CONTROL_PLANES) - {killed}:
+        assert not [tr for tr in nodes[other]["ready_transitions"] if not tr["ready"]], nodes
+        assert nodes[other]["renewals"] >= 2, nodes[other]
+    assert j["verdict"]["mechanisms"]["paths"]["external"], j["verdict"]["mechanisms"]
     _assert_killed_and_back(j, killed)
     FIGURES["kill etcd-follower"] = figures(j)
 
@@ -294,4 +307,9 @@ def figures(j: dict) -> dict:
             "etcd": [[round(x - t["injected"], 1), who, down] for x, who, down in j["etcd"]],
             "restore_s": round(t["restored"] - t["restore_start"], 1),
             "recovered_after_restore_s": round(t.get("recovered", t["restored"])
-                                               - t["restored"], 1)}
+                                               - t["restored"], 1),
+            "nodes": {n: {x: lane.get(x) for x in ("renewals", "max_heartbeat_gap",
+                                                   "ready_transitions")}
+                      for n, lane in j.get("nodes", {}).items()},
+            "mechanisms": [[m["name"], m["predicted"], m["measured"], m["agree"]]
+                           for m in v.get("mechanisms", {}).get("mechanisms", [])]}

@@ -223,7 +223,8 @@ def kubelet_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceS
             f"--kubelet-port={KUBELET_PORT}", "--kubelet-read-only-port=0")
     if node.is_control_plane:
         argv += (f"--register-with-taints={CONTROL_PLANE_TAINT}",)
-    return ServiceSpec(node.name, "kubelet", argv, files, private_tmp=lay.p("tmp", "kubelet"))
+    return ServiceSpec(node.name, "kubelet", argv, files, private_tmp=lay.p("tmp", "kubelet"),
+                       after_url=f"{node_api_server(topo, node)}/healthz")
 
 
 def kube_proxy_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> ServiceSpec:
@@ -233,7 +234,8 @@ def kube_proxy_spec(topo: Topology, node: Node, lay: Layout, pki: dict) -> Servi
     files = {kc: node_agent_kubeconfig(topo, node, pki, "kube-proxy", "system:kube-proxy")}
     argv = (lay.kubemark, "--morph=proxy", f"--name={node.name}", f"--kubeconfig={kc}",
             "--use-real-proxier=false")
-    return ServiceSpec(node.name, "kube-proxy", argv, files)
+    return ServiceSpec(node.name, "kube-proxy", argv, files,
+                       after_url=f"{node_api_server(topo, node)}/healthz")
 
 
 def node_agent_specs(topo: Topology, layout_of, pki: dict) -> list[ServiceSpec]:

@@ -138,12 +138,9 @@ def deploy(lab: Lab, topo: Topology, provider, progress=lambda m: None,
                 progress("no workers: no workload (the control planes are tainted NoSchedule)")
             progress(f"waiting for {len(nodes)} nodes to be Ready")
             times = verify.wait_nodes(lab, topo, provider, nodes, replicas, timeout, progress)
-        elif provider.capabilities.supervised:
+        else:
             progress("no kubemark program beside the Kubernetes binaries: this lab has no "
                      "nodes (kubelet, kube-proxy); `bash tools/build-k8s.sh` builds it")
-        else:
-            progress("halab's control plane on VMs has no nodes yet (kubelet, kube-proxy): "
-                     "a control-plane lab")
     seconds = round(time.monotonic() - t0, 1)
     lab.update(deploy={"state": "deployed", "deployer": "static", "seconds": seconds,
                        "ready_paths": ready, "nodes": nodes, "workload_replicas": replicas,

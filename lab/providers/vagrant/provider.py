@@ -234,9 +234,12 @@ class VagrantProvider:
 
     def layout(self, node: str) -> Layout:
         # nginx runs with halab's own nginx.conf: the stream module is loaded there
+        # the nodes' hollow kubelet and kube-proxy, when tools/build-k8s.sh built kubemark
+        has_kubemark = bool(self.k8s_bin_dir) and (Path(self.k8s_bin_dir) / "kubemark").is_file()
         return Layout(base=VM_BASE, k8s_bin=VM_BIN, etcd=f"{VM_BIN}/etcd",
-                                   nginx="/usr/sbin/nginx", nginx_modules=(NGINX_STREAM_MODULE,),
-                                   local=False, emulated=self.emulated)
+                      nginx="/usr/sbin/nginx", nginx_modules=(NGINX_STREAM_MODULE,),
+                      kubemark=f"{VM_BIN}/kubemark" if has_kubemark else "",
+                      local=False, emulated=self.emulated)
 
     @property
     def drill_waits(self) -> dict:
@@ -340,7 +343,7 @@ class VagrantProvider:
             self._check(spec.node, service_command(spec, "start", self.fs_root))
         specs = [s for s in specs if s not in existing]
         binaries = {"etcd": Path(shutil.which("etcd") or "/usr/bin/etcd")}
-        for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubemark"):
             binaries[name] = Path(self.k8s_bin_dir or "") / name
         by_node: dict[str, list] = {}
         for spec in specs:
@@ -510,10 +513,12 @@ def systemd_unit(spec) -> str:
     if spec.after_url:
         loop = f"until {wait_for_url_command(spec.after_url)}; do sleep 2; done"
         wait = f"ExecStartPre=/bin/sh -c {shlex.quote(loop)}\nTimeoutStartSec=infinity\n"
+    # a /tmp of its own (the hollow kubelet's fake runtime socket is a fixed /tmp path)
+    tmp = "PrivateTmp=yes\n" if spec.private_tmp else ""
     return (f"[Unit]\nDescription=halab {spec.name} on {spec.node}\nAfter=network-online.target\n"
             "StartLimitIntervalSec=0\n\n"
             f"[Service]\n{wait}ExecStart={shlex.join(spec.argv)}\nRestart=always\nRestartSec=2\n"
-            "LimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n")
+            f"{tmp}LimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n")
 
 
 def _put_bytes(remote, data: bytes, path: str) -> None:
