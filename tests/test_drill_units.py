@@ -436,11 +436,14 @@ def test_terminal_report_explains_each_path():
 def test_html_report_is_self_contained():
     page = report.html_report(sample_journal())
     assert page.startswith("<!doctype html>")
-    assert "<svg" in page and "<script" not in page
-    assert not re.search(r"""(src|href)\s*=|<link|@import|url\(""", page)
+    # the drill view's page, script and style inlined, nothing loaded from elsewhere
+    assert not re.search(r"""(src|href)\s*=|<link|@import|url\((?!#)""", page)
+    m = json.loads(re.search(r'id="halab-model">(.*?)</script>', page, re.S).group(1))
     # three access paths, plus the host canary (not an access path, no expectation)
-    assert page.count('aria-label="timeline of') == 4 and "host canary" in page
-    assert "fault active" in page and "restored" in page
+    ids = [lane["id"] for lane in m["groups"][0]["lanes"]]
+    assert len(ids) == 4 and ids[-1] == "path:canary"
+    assert m["fault_band"] and [mk["id"] for mk in m["markers"]][:3] == [
+        "injected", "restore", "restored"]
 
 
 def test_runbook_report(tmp_path):
@@ -450,7 +453,9 @@ def test_runbook_report(tmp_path):
                      "result": "differs", "ok": False}],
           "journals": [j], "verdict": {"ok": False, "reasons": ["step 1"]}}
     assert "Runbook x-runbook" in report.terminal(rb)
-    assert report.html_report(rb).count("<h2>") == 1
+    page = report.html_report(rb)
+    m = json.loads(re.search(r'id="halab-model">(.*?)</script>', page, re.S).group(1))
+    assert m["kind"] == "runbook" and len(m["drills"]) == 1 and m["steps"][0]["ok"] is False
 
 
 def test_journal_store(tmp_path):

@@ -1,7 +1,11 @@
 """Drills as verbs: one fault, the runbook, restore and the plan, on an opened lab."""
 from __future__ import annotations
 
+import ipaddress
+import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from lab.app import echo
 from lab.app.lab import open_lab
@@ -26,25 +30,88 @@ def settings_of(duration, probe_interval, probe_timeout, recovery_timeout, warmu
                     warmup=warmup, probe_path=probe_path)
 
 
+@dataclass(frozen=True)
+class LiveOptions:
+    """`--live` / `--serve` and how: the page's address, whether to open a browser, and
+    how long to keep serving after the end (None: until Enter on a terminal)."""
+
+    live: bool = False
+    port: int = 0
+    bind: str = "127.0.0.1"
+    open_browser: bool = False
+    linger: float | None = None
+
+
+@contextmanager
+def live_view(web: LiveOptions | None, title: str):
+    """A started live view (or None), closed after its linger time."""
+    if web is None or not web.live:
+        yield None
+        return
+    from lab.drill.live import LiveView
+    lv = LiveView(web.bind, web.port, title).start(web.open_browser)
+    loopback = ipaddress.ip_address(web.bind).is_loopback
+    echo(f"live view: {lv.url}" + ("" if loopback else
+                                    "  (read-only, reachable from the network)"))
+    try:
+        yield lv
+    finally:
+        try:
+            _linger(lv, web.linger)
+        finally:
+            lv.close()
+
+
+def _linger(lv, linger: float | None) -> None:
+    try:
+        if linger is None and sys.stdin.isatty():
+            echo(f"live view: the verdict is on {lv.url}; press Enter (or Ctrl-C) to stop "
+                 "serving it")
+            sys.stdin.readline()
+        elif linger is None:
+            lv.wait_delivered(5.0)
+        else:
+            lv.wait_delivered(min(5.0, linger))
+            time.sleep(linger)
+    except KeyboardInterrupt:
+        pass
+
+
 def run_drill(lab, fault, targets, duration, probe_interval, probe_timeout, recovery_timeout,
-              warmup, allow_quorum_loss, quiet, probe_path="/api/v1/namespaces/default") -> int:
+              warmup, allow_quorum_loss, quiet, probe_path="/api/v1/namespaces/default",
+              web: LiveOptions | None = None) -> int:
     s, topo, prov = open_lab(lab)
     drill = Drill(lab, s, topo, prov, fault, list(targets),
                   settings_of(duration, probe_interval, probe_timeout, recovery_timeout, warmup,
                             probe_path),
                   allow_quorum_loss=allow_quorum_loss, echo=echo, live=not quiet)
-    try:
-        journal = drill.run()
-    except KeyboardInterrupt:
-        if drill.journal.get("id"):
-            echo(f"halab: drill interrupted; the fault was restored. Journal: "
-                       f"{report.paths_of(lab, drill.journal)[0]}", err=True)
-        raise
+    with live_view(web, f"halab drill {fault} {' '.join(targets)} - lab {lab.name}") as lv:
+        from lab.drill.live import Publisher
+        pub = Publisher(lv, drill.view_snapshot).start() if lv else None
+        try:
+            journal = drill.run()
+        except KeyboardInterrupt:
+            if pub and drill.journal.get("id"):
+                pub.finish(drill.journal)
+            if drill.journal.get("id"):
+                echo(f"halab: drill interrupted; the fault was restored. Journal: "
+                     f"{report.paths_of(lab, drill.journal)[0]}", err=True)
+            raise
+        except BaseException:
+            if pub:
+                pub.stop.set()
+            raise
+        if pub:
+            pub.finish(journal)
+        _print_result(lab, journal)
+    return exit_code(journal)
+
+
+def _print_result(lab, journal: dict) -> None:
     echo()
     echo(report.terminal(journal))
     html = report.write_html(lab, journal)
     echo(f"\njournal: {report.paths_of(lab, journal)[0]}\nreport:  {html}")
-    return exit_code(journal)
 
 
 def exit_code(journal: dict) -> int:
@@ -101,18 +168,38 @@ def _mark_journals(lab, done) -> None:
             jlib.save(lab, j)
 
 
-def run_runbook(lab: Lab, settings: Settings, pause: float, quiet: bool) -> int:
-    """`halab drill run`: the scenario's `drills:` in order, under one hold of the lab."""
+def run_runbook(lab: Lab, settings: Settings, pause: float, quiet: bool,
+                web: LiveOptions | None = None) -> int:
+    """`halab drill run`: the scenario's `drills:` in order, under one hold of the lab.
+    The live view shows the step that runs, then the runbook's summary."""
     with lab.lock("drill run"):
         s, topo, prov = open_lab(lab)
-        return runbook.run(lab, s, topo, prov, settings, pause, quiet, echo)
+        with live_view(web, f"halab drill run - lab {lab.name}") as lv:
+            if lv is None:
+                return runbook.run(lab, s, topo, prov, settings, pause, quiet, echo)
+            from lab.drill.live import Publisher
+            current: list = []
+            pub = Publisher(lv, lambda: current[-1].view_snapshot() if current else {}).start()
+            try:
+                return runbook.run(lab, s, topo, prov, settings, pause, quiet, echo,
+                                   on_drill=current.append,
+                                   on_done=lambda rb: pub.finish(rb))
+            finally:
+                pub.stop.set()
 
 
-def report_verb(lab: Lab, drill_id: str | None, html: bool) -> int:
+def report_verb(lab: Lab, drill_id: str | None, html: bool,
+                web: LiveOptions | None = None) -> int:
     j = jlib.load(lab, drill_id)
     echo(report.terminal(j))
     if html:
         echo(f"\nreport: {report.write_html(lab, j)}")
+    if web is not None and web.live:
+        from lab.drill import view
+        with live_view(web, f"halab drill {j['id']} - lab {lab.name}") as lv:
+            if j.get("kind") != "runbook":
+                j = {**j, "verdict": report.verdict_of(j)}
+            lv.publish(view.model(j), final=True)
     if j.get("kind") == "runbook":
         return 0 if j.get("verdict", {}).get("ok") else EXIT_DISAGREE
     return exit_code(j)

@@ -10,6 +10,33 @@ from lab.cli.output import PROVIDERS, Verbs, lab_options
 from lab.drill import faults as faultlib
 from lab.errors import HalabError
 
+def live_options(flag: str = "--live", help_text: str = ""):
+    """The live view's options: serve the drill page while it runs (or a finished one)."""
+    def deco(fn):
+        for opt in reversed([
+            click.option(flag, "live", is_flag=True, help=help_text),
+            click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+                         metavar="PORT",
+                         help="Port of the live view (0: a free one, printed at the start)."),
+            click.option("--bind", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+                         help="Address the live view listens on; anything but loopback lets "
+                              "other machines watch (read-only)."),
+            click.option("--open", "open_browser", is_flag=True,
+                         help="Open the live view in the default browser."),
+            click.option("--linger", type=click.FloatRange(0, 86400), default=None,
+                         metavar="SECONDS",
+                         help="Keep serving the page this long after the end (default: until "
+                              "Enter or Ctrl-C on a terminal, 5 s otherwise)."),
+        ]):
+            fn = opt(fn)
+        return fn
+    return deco
+
+
+LIVE_HELP = ("Show the drill live in a browser: every access path, node, HAProxy backend, "
+             "lease holder and the etcd leader as lanes, with what the Case predicts.")
+
+
 def drill_options(fn):
     for opt in reversed([
         click.option("--duration", type=click.FloatRange(1, 3600), metavar="SECONDS", default=None,
@@ -35,6 +62,7 @@ def drill_options(fn):
         click.option("--allow-quorum-loss", is_flag=True,
                      help="Allow a fault that loses etcd quorum or the last API server."),
         click.option("--quiet", "-q", is_flag=True, help="No live probe lines."),
+        live_options("--live", LIVE_HELP),
         lab_options,
     ]):
         fn = opt(fn)
@@ -55,8 +83,9 @@ def _fault_command(group, name: str):
                    short_help=f.summary.split(":")[0].split("(")[0].strip()[:60])
     @click.argument("targets", nargs=-1, required=name != "stop-lb", metavar=target_help)
     @drill_options
-    def cmd(lab, targets, **kw):
-        sys.exit(app.run_drill(lab, name, targets, **kw))
+    def cmd(lab, targets, live, port, bind, open_browser, linger, **kw):
+        web = app.LiveOptions(live, port, bind, open_browser, linger)
+        sys.exit(app.run_drill(lab, name, targets, web=web, **kw))
     return cmd
 
 
@@ -71,6 +100,7 @@ def register(main: click.Group) -> None:
         halab drill stop-lb                 stop HAProxy (on the VIP holder in case3-ha)
         halab drill run                     the scenario's `drills:` one after another
         halab drill report [ID]             summary + HTML report of a drill (default: latest)
+        halab drill kill k8s-node1 --live   the same, drawn live in a browser (projector)
         halab drill restore                 undo faults a killed halab left injected
         """
 
@@ -118,10 +148,17 @@ def register(main: click.Group) -> None:
     @drill.command("report")
     @click.argument("drill_id", required=False, metavar="[ID]")
     @click.option("--no-html", is_flag=True, help="Only the terminal summary.")
+    @live_options("--serve", "Replay the drill from its journal in the live view's page.")
     @lab_options
-    def report_cmd(lab, drill_id, no_html):
-        """Summary per access path and an HTML report (default: the latest drill)."""
-        sys.exit(app.report_verb(lab, drill_id, html=not no_html))
+    def report_cmd(lab, drill_id, no_html, live, port, bind, open_browser, linger):
+        """Summary per access path and an HTML report (default: the latest drill).
+
+        \b
+        halab drill report                      the latest drill
+        halab drill report 20261204-1012 --serve --open   replay it in the browser
+        """
+        web = app.LiveOptions(live, port, bind, open_browser, linger)
+        sys.exit(app.report_verb(lab, drill_id, html=not no_html, web=web))
 
     @drill.command("list")
     @lab_options
@@ -146,11 +183,13 @@ def register(main: click.Group) -> None:
     @click.option("--pause", type=click.FloatRange(0, 3600), metavar="SECONDS", default=0.0,
                   help="Seconds between steps (time to discuss in a workshop).")
     @click.option("--quiet", "-q", is_flag=True, help="No live probe lines.")
+    @live_options("--live", LIVE_HELP)
     @lab_options
     def run_cmd(lab, duration, probe_interval, probe_timeout, recovery_timeout, warmup, pause,
-                quiet):
+                quiet, live, port, bind, open_browser, linger):
         """Play the scenario's `drills:` in order, one combined report (workshop mode)."""
         settings = app.settings_of(duration, probe_interval, probe_timeout, recovery_timeout, warmup)
-        sys.exit(app.run_runbook(lab, settings, pause, quiet))
+        web = app.LiveOptions(live, port, bind, open_browser, linger)
+        sys.exit(app.run_runbook(lab, settings, pause, quiet, web=web))
 
 

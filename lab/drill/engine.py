@@ -544,6 +544,16 @@ class Drill:
         self.journal["times"][name] = round(t, 3)
         return t
 
+    def view_snapshot(self) -> dict:
+        """The journal so far with what the probes have seen (for the live view; called
+        from another thread, so it reads copies)."""
+        journal = json.loads(json.dumps(self.journal))
+        if not journal.get("id"):
+            return {}
+        from lab.drill import view
+        return view.live_journal(journal, self.collector.snapshot()
+                                 if self.collector is not None else {})
+
     def save(self) -> None:
         if self.collector is not None:
             self.journal.update(self.collector.snapshot())

@@ -57,8 +57,10 @@ def steps_of(scenario, topo) -> list[tuple[str, list[str]]]:
     return steps
 
 
-def run(lab, s, topo, prov, settings, pause: float, quiet: bool, echo) -> int:
-    """Every step in turn on an opened lab (the caller holds its lock)."""
+def run(lab, s, topo, prov, settings, pause: float, quiet: bool, echo,
+        on_drill=lambda drill: None, on_done=lambda rb: None) -> int:
+    """Every step in turn on an opened lab (the caller holds its lock). `on_drill` gets
+    each Drill before it runs and `on_done` the finished runbook (the live view)."""
     from lab.drill.engine import Drill
     steps = steps_of(s, topo)
     t0 = time.time()
@@ -75,12 +77,14 @@ def run(lab, s, topo, prov, settings, pause: float, quiet: bool, echo) -> int:
                       replace(settings, steady_wait=max(settings.steady_wait,
                                                         RUNBOOK_STEADY_WAIT)),
                       echo=echo, live=not quiet, runbook=rb["id"])
+        on_drill(drill)
         try:
             j = drill.run()
         except KeyboardInterrupt:
             step["result"] = "interrupted (restored)"
             step["id"] = drill.journal.get("id")
             _finish(lab, rb, echo)
+            on_done(rb)
             raise
         except HalabError as exc:
             step["result"] = f"not run: {exc.message}"
@@ -103,7 +107,9 @@ def run(lab, s, topo, prov, settings, pause: float, quiet: bool, echo) -> int:
         if pause and i < len(steps):
             echo(f"\n  pause {pause:g} s (discuss the step)")
             time.sleep(pause)
-    return _finish(lab, rb, echo)
+    rc = _finish(lab, rb, echo)
+    on_done(rb)
+    return rc
 
 
 def _finish(lab, rb: dict, echo) -> int:
