@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from tests.support.drill_labs import (HALAB, explain, healthy_after, lab_fixture, marks,
-                                      node_lanes, path, wait_for, went_not_ready, workers)
+from tests.support.drill_labs import (HALAB, assert_local_only, explain, healthy_after,
+                                      lab_fixture, live_drill, marks, node_lanes, path,
+                                      wait_for, went_not_ready, workers)
 
 pytestmark = marks()
 
@@ -26,7 +27,7 @@ def lab(tmp_path_factory):
 def test_stop_lb_costs_external_access_only(lab):
     # longer than node-monitor-grace-period (40 s): a kubelet without the API would be
     # marked NotReady
-    cp, j = lab.drill("stop-lb", duration=60)
+    cp, j, watcher = live_drill(lab, "stop-lb", duration=60, shot="live-case2-stop-lb.png")
     assert path(j, "external")["measured"] == "down", explain(j)
     for w in workers(j):                   # the seed's Case 2 promise, measured
         assert path(j, w)["failures"] == 0, explain(j)
@@ -38,6 +39,21 @@ def test_stop_lb_costs_external_access_only(lab):
         assert j["verdict"]["nodes"][node]["agree"], j["verdict"]["nodes"][node]
     assert cp.returncode == 0, explain(j)
     assert healthy_after(j)
+    if watcher is None:
+        return
+    # what the room saw, live: external red, the workers' lanes and nodes green throughout
+    during = watcher.during_fault()
+    assert len(during) >= 20, len(during)
+    assert any(s["lanes"].get("path:external") == "fail" for s in during)
+    for w in workers(j):
+        node = w.split(":", 1)[1]
+        states = {s["lanes"].get(f"path:{w}") for s in during}
+        assert states == {"ok"}, (w, states)
+        assert {s["lanes"].get(f"node:{node}:Ready") for s in during} == {"ok"}, node
+    final = watcher.final()
+    assert {"injected", "restore", "restored", "recovered"} <= set(final["markers"]), final
+    assert final["verdict"] == "true", final
+    assert_local_only(watcher)
 
 
 def test_graceful_apiserver_stop_is_invisible_through_haproxy(lab):

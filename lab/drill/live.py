@@ -134,6 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
             with self.live.cond:
                 data = self.live.data
             return self._send(200, data, "application/json", head_only)
+        if path == "/favicon.ico":
+            return self._send(204, b"", "image/x-icon", head_only)
         if path == "/events" and not head_only:
             return self._events()
         return self._send(404, b"not found\n", "text/plain; charset=utf-8", head_only)

@@ -194,9 +194,10 @@ def _drill_model(journal: dict, now: float | None = None) -> dict:
         lanes.append({"id": key, "label": key[len(nodelib.WATCH_PREFIX):],
                       "sub": "a watch that stays open, as kubelets and kube-proxy hold it",
                       "segments": segs, "marks": marks,
-                      "state": segs[-1][2] if segs else NONE,
-                      "expect": (f"longest silence {ll['longest_silence']:.1f} s"
-                                 if ll else "")})
+                      "state": segs[-1][2] if segs else NONE, "expect": "",
+                      "measured": (f"longest silence {ll['longest_silence']:.1f} s"
+                                   + (f", {len(ll['breaks'])} break(s)" if ll.get("breaks")
+                                      else "") if ll else None)})
     if lanes:
         groups.append({"id": "watches", "title": "Long-lived watches (what a kubelet's "
                        "connection feels)", "lanes": lanes})

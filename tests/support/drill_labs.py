@@ -201,3 +201,36 @@ def wait_for(cond, timeout: float, step: float = 0.2):
             return value
         time.sleep(step)
     return cond()
+
+
+def live_drill(lab: "DrillLab", fault: str, *targets: str, duration: float,
+               shot: str) -> tuple[subprocess.CompletedProcess, dict, object]:
+    """The drill with `--live`, watched by a real browser (tests/support/browser.py) when
+    one is installed (CI requires it: HALAB_REQUIRE_BROWSER=1). Returns (process,
+    journal, watcher or None); the watcher's screenshot goes to $HALAB_ARTIFACTS/<shot>."""
+    from tests.support import browser
+    why = browser.available()
+    if why and browser.REQUIRED:
+        raise AssertionError(f"HALAB_REQUIRE_BROWSER=1 but {why}")
+    port = browser.free_port()
+    extra = ("--live", "--port", str(port), "--linger", "3")
+    watcher = None
+    if why is None:
+        watcher = browser.LiveWatcher(f"http://127.0.0.1:{port}/", ARTIFACTS / shot)
+        watcher.start()
+    cp, j = lab.drill(fault, *targets, duration=duration, extra=extra)
+    assert f"live view: http://127.0.0.1:{port}/" in cp.stdout, cp.stdout[:2000]
+    if watcher is not None:
+        watcher.done.wait(120)
+        assert watcher.error is None, repr(watcher.error)
+        assert watcher.samples, "the browser saw nothing"
+    return cp, j, watcher
+
+
+def assert_local_only(watcher, port: int | None = None) -> None:
+    """Every request the page made went to the live view on 127.0.0.1."""
+    assert watcher.requests, "no request recorded"
+    bad = [u for u in watcher.requests if not u.startswith("http://127.0.0.1:")
+           or (port and not u.startswith(f"http://127.0.0.1:{port}/"))]
+    assert not bad, bad
+    assert not [c for c in watcher.console if "SEVERE" in c or "Error" in c], watcher.console

@@ -22,7 +22,10 @@
   function setAttrs(n, attrs) {
     Object.keys(attrs || {}).forEach(function (k) {
       if (attrs[k] === null || attrs[k] === undefined) return;
-      if (k === "text") n.textContent = attrs[k]; else n.setAttribute(k, attrs[k]);
+      if (k === "text") n.textContent = attrs[k];
+      // CSSOM, not a style attribute: the page's Content-Security-Policy allows no inline style
+      else if (k === "style" && n.style) n.style.cssText = attrs[k];
+      else n.setAttribute(k, attrs[k]);
     });
   }
   function fmt(t) { return (t >= 0 ? "+" : "") + t.toFixed(1) + " s"; }
@@ -122,10 +125,11 @@
       el("div", {}, [track(m, sc, lane), labels(sc, lane)])
     ]);
     var out = [row];
-    if (lane.expect || lane.verdict) {
+    if (lane.expect || lane.verdict || lane.measured) {
       var kids = [];
       if (lane.expect) kids.push(el("span", {}, ["predicted: ", el("b", {}, [lane.expect])]));
-      if (lane.measured) kids.push(el("span", {}, ["; measured: ", el("b", {}, [lane.measured])]));
+      if (lane.measured) kids.push(el("span", {}, [(lane.expect ? "; " : "") + "measured: ",
+                                                   el("b", {}, [lane.measured])]));
       if (lane.agree !== null && lane.agree !== undefined) {
         kids.push(el("span", { "class": "agree-" + lane.agree },
                      [lane.agree ? "  as expected" : "  DIFFERS: " + (lane.verdict || "")]));
@@ -159,20 +163,29 @@
     var box = el("div", { "class": "lane", id: "markers" }, [el("div", { "class": "name" },
                                                                 ["events"])]);
     var inner = el("div", { style: "position:relative;height:1.4em" });
+    var rows = [];   // markers close together go on rows of their own
+    (m.markers || []).forEach(function (mk) {
+      var x = sc.x(mk.t), row = 0;
+      while (rows[row] !== undefined && x - rows[row] < 120) row++;
+      rows[row] = x;
+      inner.appendChild(el("span", { "data-marker": mk.id, title: mk.label + " " + fmt(mk.t),
+                                     style: "position:absolute;left:" + (x / 10) + "%;top:" +
+                                            (row * 1.1) + "em;font-size:.7em;font-weight:700;" +
+                                            "white-space:nowrap;transform:" +
+                                            (x > 780 ? "translateX(calc(8px - 100%))"
+                                                     : "translateX(-8px)") },
+                                  [x > 780 ? mk.label + " " + fmt(mk.t) + " \u25BC"
+                                           : "\u25BC " + mk.label + " " + fmt(mk.t)]));
+    });
+    var lines = Math.max(1, rows.length);
     if (m.fault_band) {
       var a = sc.x(m.fault_band[0]) / 10, w = (sc.x(m.fault_band[1]) - sc.x(m.fault_band[0])) / 10;
       inner.appendChild(el("span", { "class": "band-label", "data-band": "fault",
-                                     style: "position:absolute;top:1.4em;left:" + a + "%;width:" +
-                                            w + "%" }, ["FAULT ACTIVE"]));
-      inner.style.height = "2.6em";
+                                     style: "position:absolute;top:" + (lines * 0.8 + 0.2) +
+                                            "em;left:" + a + "%;width:" + w + "%" },
+                           ["FAULT ACTIVE"]));
     }
-    (m.markers || []).forEach(function (mk) {
-      inner.appendChild(el("span", { "data-marker": mk.id, title: mk.label + " " + fmt(mk.t),
-                                     style: "position:absolute;left:" + (sc.x(mk.t) / 10) +
-                                            "%;font-size:.7em;font-weight:700;white-space:nowrap;" +
-                                            "transform:translateX(-50%)" },
-                                  ["\u25BC " + mk.label + " " + fmt(mk.t)]));
-    });
+    inner.style.height = (lines * 0.8 + (m.fault_band ? 1.3 : 0.4)) + "em";
     box.appendChild(inner);
     return box;
   }
