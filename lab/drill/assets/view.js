@@ -178,15 +178,16 @@
                                            : "\u25BC " + mk.label + " " + fmt(mk.t)]));
     });
     var lines = Math.max(1, rows.length);
+    inner.style.height = (lines * 0.8 + 0.2) + "em";
+    var cell = el("div", {}, [inner]);
     if (m.fault_band) {
       var a = sc.x(m.fault_band[0]) / 10, w = (sc.x(m.fault_band[1]) - sc.x(m.fault_band[0])) / 10;
-      inner.appendChild(el("span", { "class": "band-label", "data-band": "fault",
-                                     style: "position:absolute;top:" + (lines * 0.8 + 0.2) +
-                                            "em;left:" + a + "%;width:" + w + "%" },
-                           ["FAULT ACTIVE"]));
+      cell.appendChild(el("div", { style: "position:relative;height:1.1em" }, [
+        el("span", { "class": "band-label", "data-band": "fault",
+                     style: "position:absolute;top:0;left:" + a + "%;width:" + w + "%" },
+           ["FAULT ACTIVE"])]));
     }
-    inner.style.height = (lines * 0.8 + (m.fault_band ? 1.3 : 0.4)) + "em";
-    box.appendChild(inner);
+    box.appendChild(cell);
     return box;
   }
 
