@@ -50,6 +50,8 @@ def test_wheel_contains_the_bundled_files(wheel):
     source = {str(p.relative_to(ROOT)) for p in (ROOT / "lab").rglob("*.py")
               if "__pycache__" not in p.parts}
     assert source and source <= set(names), sorted(source - set(names))
+    # the drill view's page: its script and stylesheet come from the wheel, not the web
+    assert {"lab/drill/assets/view.js", "lab/drill/assets/view.css"} <= names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "halab = lab.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     # nothing from the test suite or the checkout's tooling leaks into the wheel
