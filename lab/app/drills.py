@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,8 +44,10 @@ class LiveOptions:
 
 
 @contextmanager
-def live_view(web: LiveOptions | None, title: str):
-    """A started live view (or None), closed after its linger time."""
+def live_view(web: LiveOptions | None, title: str, replay: bool = False):
+    """A started live view (or None), closed after its linger time. A replay (`report
+    --serve`) is served until Enter or Ctrl-C, also without a terminal (then until
+    halab is stopped), unless --linger says how long."""
     if web is None or not web.live:
         yield None
         return
@@ -57,14 +60,17 @@ def live_view(web: LiveOptions | None, title: str):
         yield lv
     finally:
         try:
-            _linger(lv, web.linger)
+            _linger(lv, web.linger, replay)
         finally:
             lv.close()
 
 
-def _linger(lv, linger: float | None) -> None:
+def _linger(lv, linger: float | None, replay: bool = False) -> None:
     try:
-        if linger is None and sys.stdin.isatty():
+        if linger is None and replay and not sys.stdin.isatty():
+            echo(f"live view: serving the replay on {lv.url} until halab is stopped")
+            threading.Event().wait()
+        elif linger is None and sys.stdin.isatty():
             echo(f"live view: the verdict is on {lv.url}; press Enter (or Ctrl-C) to stop "
                  "serving it")
             sys.stdin.readline()
@@ -196,7 +202,7 @@ def report_verb(lab: Lab, drill_id: str | None, html: bool,
         echo(f"\nreport: {report.write_html(lab, j)}")
     if web is not None and web.live:
         from lab.drill import view
-        with live_view(web, f"halab drill {j['id']} - lab {lab.name}") as lv:
+        with live_view(web, f"halab drill {j['id']} - lab {lab.name}", replay=True) as lv:
             if j.get("kind") != "runbook":
                 j = {**j, "verdict": report.verdict_of(j)}
             lv.publish(view.model(j), final=True)
