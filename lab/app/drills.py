@@ -58,11 +58,13 @@ def live_view(web: LiveOptions | None, title: str, replay: bool = False):
                                     "  (read-only, reachable from the network)"))
     try:
         yield lv
+    except BaseException:
+        lv.close()       # refused, failed or interrupted: nothing more to show
+        raise
+    try:
+        _linger(lv, web.linger, replay)
     finally:
-        try:
-            _linger(lv, web.linger, replay)
-        finally:
-            lv.close()
+        lv.close()
 
 
 def _linger(lv, linger: float | None, replay: bool = False) -> None:
