@@ -1,6 +1,9 @@
 """Drills on a real local Case 1 lab: no external LB (markers `drill`, `local`; root)."""
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from tests.support.drill_labs import explain, healthy_after, lab_fixture, marks, path, workers
@@ -55,5 +58,6 @@ def test_runbook_plays_the_scenario_drills_and_writes_one_report(lab):
     assert kill["verdict"]["paths"]["worker:k8s-node5"]["measured"] == "down", explain(kill)
     assert kill["verdict"]["paths"]["worker:k8s-node4"]["failures"] <= 1, explain(kill)
     html = (lab.path / "drills" / f"{rb['id']}.html").read_text()
-    assert html.count("<h2>") == 2
+    m = json.loads(re.search(r'id="halab-model">(.*?)</script>', html, re.S).group(1))
+    assert m["kind"] == "runbook" and len(m["drills"]) == 2
     assert lab.verify().returncode == 0

@@ -6,6 +6,8 @@ mid-drill, then `halab drill restore` brings the lab back.
 """
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import time
@@ -166,4 +168,10 @@ def test_list_and_report(lab):
     cp = lab.halab("drill", "report", "stop-lb", check=False)
     assert "external" in cp.stdout and "report:" in cp.stdout
     html = cp.stdout.rsplit("report:", 1)[1].strip()
-    assert open(html).read().count("<svg") >= 7
+    page = open(html).read()
+    m = json.loads(re.search(r'id="halab-model">(.*?)</script>', page, re.S).group(1))
+    lanes = [lane["id"] for g in m["groups"] for lane in g["lanes"]]
+    # every access path, every watch, two lanes per node, the backends and the holders
+    assert {"path:external", "path:worker:k8s-node4", "watch:external",
+            "node:k8s-node4:heartbeats", "node:k8s-node4:Ready",
+            "state:etcd leader"} <= set(lanes), lanes
