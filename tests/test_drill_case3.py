@@ -41,6 +41,8 @@ def test_stop_lb_takes_the_whole_cluster_down(lab):
             assert lane["max_heartbeat_gap"] >= 50, (node, lane)
     assert cp.returncode == 0, explain(j)
     assert healthy_after(j)
+    # the drill waited for the nodes' own recovery: Ready again, renewing again
+    assert j["times"]["nodes_recovered"] >= j["times"]["recovered"], j["times"]
     if watcher is None:
         return
     # what the room saw, live: the external lane and every worker's turned red while
@@ -53,8 +55,13 @@ def test_stop_lb_takes_the_whole_cluster_down(lab):
         assert any(s["lanes"].get(f"node:{node}:Ready") == "fail"
                    for s in watcher.samples), node
     final = watcher.final()
-    assert {"injected", "restore", "restored", "recovered"} <= set(final["markers"]), final
+    assert {"injected", "restore", "restored", "recovered",
+            "nodes-recovered"} <= set(final["markers"]), final
     assert final["verdict"] == "true" and final["status"] == "completed", final
+    for w in workers(j):     # at the end the room sees the workers back
+        node = w.split(":", 1)[1]
+        assert final["lanes"][f"node:{node}:Ready"] == "ok", final["lanes"]
+        assert final["lanes"][f"node:{node}:heartbeats"] == "ok", final["lanes"]
     assert_local_only(watcher)
     # the replay of the journal shows the same lanes, in the same final states
     port = free_port()

@@ -180,6 +180,10 @@ def probe_plan(lab, topo, provider, targets, s: Settings, label: str) -> list[Pr
     return specs
 
 
+# how long after the paths a drill waits for the nodes it reached to recover (Ready again,
+# heartbeats back): a kubelet renews every 10 s and posts a changed status within 10 s
+NODES_RECOVERY = 60.0
+
 # a watch's connection is given up after this long without a byte: client-go's HTTP/2
 # health check (read idle 30 s, then a ping that gets 15 s) closes a dead one
 WATCH_IDLE = 45.0
@@ -441,6 +445,20 @@ class Collector:
                 proc.wait(timeout=2)
         for t in self.threads:
             t.join(timeout=2)
+
+    def node_state(self) -> tuple[dict[str, bool], dict[str, float]]:
+        """({node: Ready in the latest record of the Nodes watch}, {node: its kubelet's
+        latest Lease renewal seen by any watch})."""
+        ready: dict[str, bool] = {}
+        renewed: dict[str, float] = {}
+        with self.lock:
+            for key, recs in self.watches.items():
+                for r in recs:
+                    if r.get("kind") == "node" and key == nodelib.NODES_WATCH:
+                        ready[r["node"]] = bool(r.get("ready"))
+                    elif r.get("kind") == "lease" and r.get("renew"):
+                        renewed[r["node"]] = max(renewed.get(r["node"], 0.0), r["renew"])
+        return ready, renewed
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -847,11 +865,42 @@ class Drill:
                          "after restore" + (f", VIP settled on {self.topo_vip_home()} "
                                             f"+{vip - t_restored:.1f} s" if vip is not True
                                             and vip > t_restored else ""))
+                self._observe_nodes(t_restored, deadline)
                 return
         self.journal["errors"].append(f"not every path recovered within {s.recovery_timeout:g} s"
                                       + ("" if self._vip_settled(time.time()) else
                                          f" (the VIP is not back on {self.topo_vip_home()})"))
         self.say(f"NOT recovered within {s.recovery_timeout:g} s")
+
+    def _observe_nodes(self, t_restored: float, deadline: float) -> None:
+        """The nodes' own recovery, when the fault reached them: every node the node
+        controller marked NotReady is Ready again, every kubelet whose heartbeats stopped
+        has renewed since the restore (a kubelet renews every 10 s and posts its status
+        when it changed, so this takes up to ~10 s more than the paths)."""
+        if not self.journal.get("node_expectations"):
+            return
+        ready, renewed = self.collector.node_state()
+        # a kubelet that had renewed nothing for 1.5 periods when the restore came
+        stalled = {n for n in ready
+                   if t_restored - renewed.get(n, 0.0) > 1.5 * nodelib.RENEW_EVERY}
+        hit = {n for n, r in ready.items() if not r} | stalled
+        if not hit:
+            return
+        self.say(f"waiting for the nodes' own recovery ({', '.join(sorted(hit))}: Ready again "
+                 "and a Lease renewal since the restore)")
+        limit = min(deadline, time.monotonic() + NODES_RECOVERY)
+        while time.monotonic() < limit:
+            ready, renewed = self.collector.node_state()
+            waiting = [n for n in hit if not ready.get(n, True) or renewed.get(n, 0.0) < t_restored]
+            if not waiting:
+                self.journal["times"]["nodes_recovered"] = round(time.time(), 3)
+                self.say(f"nodes recovered +{time.time() - t_restored:.1f} s after restore")
+                return
+            self._sleep(1.0)
+        self.journal["errors"].append(
+            f"nodes not recovered {NODES_RECOVERY:g} s after the paths: "
+            + ", ".join(sorted(n for n in hit if not ready.get(n, True)
+                               or renewed.get(n, 0.0) < t_restored)))
 
     def _etcd_settled(self) -> bool:
         """Every member answered the last round and agrees on a leader."""

@@ -64,7 +64,10 @@ def terminal(journal: dict) -> str:
         rec = t.get("recovered")
         lines.append(f"fault active {dur:.1f} s; restore took "
                      f"{_fmt((res or inj) - (t.get('restore_start') or inj))}; every path OK "
-                     f"again {_fmt(rec - res if rec and res else None)} after restore")
+                     f"again {_fmt(rec - res if rec and res else None)} after restore"
+                     + (f"; the nodes it reached Ready and renewing again "
+                        f"{_fmt(t['nodes_recovered'] - res)} after restore"
+                        if t.get("nodes_recovered") and res else ""))
     rows = []
     for key, p in v.get("paths", {}).items():
         rec = p.get("recovery", {})

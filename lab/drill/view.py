@@ -242,9 +242,11 @@ def _drill_model(journal: dict, now: float | None = None) -> dict:
 
     markers = []
     for name, label in (("inject_start", "injected"), ("restore_start", "restore"),
-                        ("restored", "restored"), ("recovered", "recovered")):
+                        ("restored", "restored"), ("recovered", "recovered"),
+                        ("nodes_recovered", "nodes recovered")):
         if times.get(name):
-            markers.append({"id": label, "t": round(times[name] - t0, 2), "label": label})
+            markers.append({"id": label.replace(" ", "-"), "t": round(times[name] - t0, 2),
+                            "label": label})
     fault_end = times.get("restore_start")
     verdict = None
     if v:
