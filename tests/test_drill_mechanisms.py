@@ -144,3 +144,18 @@ def test_an_old_journal_without_mechanisms_still_reports():
     v = verdict.judge(j)
     assert v["mechanisms"]["mechanisms"] == []
     assert "Why the errors" not in report.terminal({**j, "verdict": v})
+
+
+def test_leader_election_follows_the_labs_own_timers(tmp_path):
+    """The static deployer gives emulated VMs slower leader election (lease 60 s, retry
+    10 s): the CI VM drill measured the controller-manager's lease moving 66.1 s after
+    k8s-node1, its holder, was powered off; 17 s would have called that late."""
+    vm = _vm_topology(tmp_path)
+    assert expect.timing(vm.scenario)["leader_takeover"] == 70.0
+    paths = expect.expectations(vm, "kill", ["k8s-node1"])
+    nodes = expect.node_expectations(vm, "kill", ["k8s-node1"], paths, 45.0, ["k8s-node1"])
+    assert {"id": "leader_election", "predicted": 70.0} in nodes["k8s-node1"].mechanisms
+    local = Topology.of(scenario.load("case2").with_provider("local"))
+    assert expect.timing(local.scenario)["leader_takeover"] == 17.0
+    kubespray_vm = Topology.of(scenario.load("case2"))
+    assert expect.timing(kubespray_vm.scenario)["leader_takeover"] == 17.0

@@ -121,7 +121,19 @@ def timing(s) -> dict:
                                  + check_to, 1),
         "nginx_connect_timeout": NGINX_CONNECT_TIMEOUT, "nginx_fail_timeout": NGINX_FAIL_TIMEOUT,
         "margin": MARGIN,
+        **leader_election(s),
     }
+
+
+def leader_election(s) -> dict:
+    """The controller-manager's and scheduler's leader election as the lab runs it:
+    Kubernetes' defaults (lease 15 s, retry 2 s), or the static deployer's slower timers
+    on emulated VMs (lab.deploy.controlplane.EMULATED_LEADER_ELECTION_FLAGS). A standby
+    takes over one lease duration after the last renewal, at its next retry."""
+    emulated = (s.provider == "libvirt" and not s.uses_kubespray
+                and s.provider_options.get("libvirt", {}).get("driver") == "qemu")
+    lease, retry = (60.0, 10.0) if emulated else (15.0, 2.0)
+    return {"leader_lease": lease, "leader_retry": retry, "leader_takeover": lease + retry}
 
 
 @dataclass
@@ -479,7 +491,7 @@ def plan_table(topo: Topology, fault: str, targets: list[str],
 NODE_MONITOR_GRACE = 40.0
 NODE_MONITOR_PERIOD = 5.0
 KUBELET_RENEW = 10.0          # a kubelet renews its Lease every 10 s
-LEADER_TAKEOVER = 17.0        # a standby controller-manager takes the lease: 15 s + retry 2 s
+LEADER_TAKEOVER = 17.0        # a standby takes the lease: 15 s + retry 2 s (leader_election())
 
 
 @dataclass(frozen=True)
@@ -509,7 +521,8 @@ def node_expectations(topo: Topology, fault: str, targets: list[str], paths: dic
     # over after its lease runs out, and starts every node's grace period afresh
     cm_hit = fault in ("kill", "freeze", "partition", "stop-apiserver") and any(
         t in {c.name for c in topo.control_planes} for t in targets)
-    late = LEADER_TAKEOVER if cm_hit else 0.0
+    takeover = leader_election(topo.scenario)["leader_takeover"]
+    late = takeover if cm_hit else 0.0
     out = {}
     for name in nodes:
         node = next(n for n in topo.nodes if n.name == name)
@@ -558,7 +571,7 @@ def node_expectations(topo: Topology, fault: str, targets: list[str], paths: dic
                        " s)"}[nr]
         if nr is not False and cm_hit:
             words += (f"; the controller-manager that marks nodes may be on {', '.join(targets)}"
-                      f": its standby takes over after ~{LEADER_TAKEOVER:g} s and starts the "
+                      f": its standby takes over after ~{takeover:g} s and starts the "
                       "grace period afresh")
         mech = [{"continue": ("kubelet_renew", KUBELET_RENEW),
                  "may pause": ("kubelet_retry", 2 * KUBELET_RENEW),
@@ -566,7 +579,7 @@ def node_expectations(topo: Topology, fault: str, targets: list[str], paths: dic
         if nr:
             mech.append(("node_monitor_grace", when))
         if nr is not False and cm_hit:
-            mech.append(("leader_election", LEADER_TAKEOVER))
+            mech.append(("leader_election", takeover))
         out[name] = NodeExpectation(name, beat, nr, why + words, when, tuple(
             {"id": m, "predicted": sec} for m, sec in mech))
     return out

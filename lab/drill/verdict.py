@@ -5,17 +5,11 @@ synthetic journals and a report can be re-judged later.
 """
 from __future__ import annotations
 
+from lab.drill import mechanisms
 from lab.drill.expect import SEVERITY
+from lab.drill.window import fault_window as _window, in_window  # noqa: F401
 
 ISOLATED_TOLERATED = 1   # `up` tolerates one isolated failed probe (a scheduling hiccup)
-
-
-def _window(journal: dict) -> tuple[float | None, float | None]:
-    t = journal.get("times", {})
-    # from the moment injection began: a power-off pulls the cable first, then kills
-    start = t.get("inject_start") or t.get("injected")
-    end = t.get("restore_start") or t.get("probes_stopped")
-    return start, end
 
 
 def streaks(probes: list[dict]) -> list[tuple[float, float, int]]:
@@ -99,11 +93,6 @@ def lab_stalls(journal: dict, start: float, end: float) -> tuple[list[tuple[floa
         mine = _merge([(p["t"], p["t"] + p["lat"]) for p in slow])
         common = mine if common is None else _intersect(common, mine)
     return common or [], slowest
-
-
-def in_window(p: dict, start: float, end: float) -> bool:
-    """Probes that ended after the fault began and started before the restore."""
-    return p["t"] + p.get("lat", 0.0) >= start and p["t"] < end
 
 
 def classify(probes: list[dict], start: float, end: float, probe_interval: float = 0.2,
@@ -267,7 +256,6 @@ def judge(journal: dict) -> dict:
             "haproxy_down_after": haproxy_detection(journal),
             "vip_moved_after": vip_move(journal),
             "etcd_elected_after": etcd_election(journal)}
-    from lab.drill import mechanisms   # it measures with this module's helpers
     out["mechanisms"] = mechanisms.split(journal, out)
     return out
 

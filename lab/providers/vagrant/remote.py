@@ -270,9 +270,17 @@ class Remote:
             kwargs["out_stream"] = out
         if err:
             kwargs["err_stream"] = err
+        t0 = time.monotonic()
         try:
             res = self._conn.run(full, **kwargs)
             stdout, stderr, exited = res.stdout, res.stderr, res.exited
+            # invoke closes the channel when its timer fires; on a busy host it may
+            # return before the timer thread has ended, with exit -1 and no
+            # CommandTimedOut (seen under load): that is our timeout all the same
+            if exited == -1 and timeout and time.monotonic() - t0 >= timeout \
+                    and self._transport_alive():
+                stderr += f"\nhalab: command timed out after {timeout}s on {self.name}\n"
+                exited = EXIT_TIMEOUT
         except CommandTimedOut as exc:
             stdout, stderr = exc.result.stdout, exc.result.stderr
             stderr += f"\nhalab: command timed out after {timeout}s on {self.name}\n"
