@@ -166,7 +166,7 @@
     var rows = [];   // markers close together go on rows of their own
     (m.markers || []).forEach(function (mk) {
       var x = sc.x(mk.t), row = 0;
-      while (rows[row] !== undefined && x - rows[row] < 120) row++;
+      while (rows[row] !== undefined && x - rows[row] < 260) row++;
       rows[row] = x;
       inner.appendChild(el("span", { "data-marker": mk.id, title: mk.label + " " + fmt(mk.t),
                                      style: "position:absolute;left:" + (x / 10) + "%;top:" +
