@@ -159,3 +159,18 @@ def test_leader_election_follows_the_labs_own_timers(tmp_path):
     assert expect.timing(local.scenario)["leader_takeover"] == 17.0
     kubespray_vm = Topology.of(scenario.load("case2"))
     assert expect.timing(kubespray_vm.scenario)["leader_takeover"] == 17.0
+
+
+def test_leader_election_is_not_late_when_no_holder_was_hit():
+    j = {"times": {"inject_start": 1000.0, "restore_start": 1060.0}, "targets": ["k8s-node1"],
+         "timing": {}, "expectations": {}, "nodes": {"k8s-node1": {"ready_transitions": []}},
+         "context": {"lease_holders": {"kube-controller-manager": "k8s-node2",
+                                       "kube-scheduler": "k8s-node3"}},
+         "leases": [[990.0, {"kube-controller-manager": "k8s-node2_a"}]],
+         "node_expectations": {"k8s-node1": {"mechanisms": [
+             {"id": "leader_election", "predicted": 17.0}]}}}
+    row = mechanisms.split(j, {"paths": {}})["nodes"]["k8s-node1"][0]
+    assert row["agree"] is None and "no lease holder was hit" in row["evidence"]
+    j["context"]["lease_holders"]["kube-controller-manager"] = "k8s-node1"
+    row = mechanisms.split(j, {"paths": {}})["nodes"]["k8s-node1"][0]
+    assert row["agree"] is False          # the holder died and nobody took over in 60 s

@@ -152,6 +152,10 @@ def _measure(mid: str, journal: dict, v: dict, key: str | None) -> tuple[float |
         return ((s, f"etcd had a new leader at +{s:g} s") if s is not None
                 else (None, "no new etcd leader seen during the fault"))
     if mid == "leader_election":
+        holders = (journal.get("context") or {}).get("lease_holders") or {}
+        if holders and not any(h in targets for h in holders.values()):
+            return None, "no lease holder was hit: " + ", ".join(
+                f"{k} on {v}" for k, v in sorted(holders.items()))
         return _lease_takeover(journal)
     if mid in ("kubelet_renew", "kubelet_retry"):
         gap = lane.get("max_heartbeat_gap")
@@ -205,12 +209,14 @@ EVENTS = ("haproxy_check", "vrrp", "etcd_election", "node_monitor_grace", "leade
 
 
 def _agrees(mid: str, predicted: float | None, measured: float | None,
-            fault: float | None) -> bool | None:
+            fault: float | None, evidence: str = "") -> bool | None:
     """Measured no later than predicted (+ MARGIN). An event that should have happened
     while the fault was still on and never did is late too."""
     if predicted is None:
         return None
     if measured is None:
+        if evidence.startswith("no lease holder was hit"):
+            return None
         if mid in EVENTS and fault is not None and fault >= predicted + MARGIN:
             return False
         return None
@@ -235,7 +241,7 @@ def split(journal: dict, v: dict) -> dict:
                 pred = fault
             meas, evidence = _measure(mid, journal, v, owner)
             row = {"id": mid, "name": NAMES.get(mid, mid), "predicted": pred,
-                   "measured": meas, "evidence": evidence, "agree": _agrees(mid, pred, meas, fault)}
+                   "measured": meas, "evidence": evidence, "agree": _agrees(mid, pred, meas, fault, evidence)}
             got.append(row)
             s = seen.setdefault(mid, {"id": mid, "name": NAMES.get(mid, mid),
                                       "setting": _setting(mid, tm), "rows": []})
