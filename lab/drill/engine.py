@@ -449,15 +449,11 @@ class Collector:
     def node_state(self) -> tuple[dict[str, bool], dict[str, float]]:
         """({node: Ready in the latest record of the Nodes watch}, {node: its kubelet's
         latest Lease renewal seen by any watch})."""
-        ready: dict[str, bool] = {}
-        renewed: dict[str, float] = {}
         with self.lock:
-            for key, recs in self.watches.items():
-                for r in recs:
-                    if r.get("kind") == "node" and key == nodelib.NODES_WATCH:
-                        ready[r["node"]] = bool(r.get("ready"))
-                    elif r.get("kind") == "lease" and r.get("renew"):
-                        renewed[r["node"]] = max(renewed.get(r["node"], 0.0), r["renew"])
+            watches = {k: list(v) for k, v in self.watches.items()}
+        ready = {r["node"]: bool(r.get("ready")) for r in watches.get(nodelib.NODES_WATCH, [])
+                 if r.get("kind") == "node"}
+        renewed = {n: times[-1] for n, times in nodelib.renewals({"watches": watches}).items()}
         return ready, renewed
 
     def snapshot(self) -> dict:

@@ -491,7 +491,6 @@ def plan_table(topo: Topology, fault: str, targets: list[str],
 NODE_MONITOR_GRACE = 40.0
 NODE_MONITOR_PERIOD = 5.0
 KUBELET_RENEW = 10.0          # a kubelet renews its Lease every 10 s
-LEADER_TAKEOVER = 17.0        # a standby takes the lease: 15 s + retry 2 s (leader_election())
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,7 @@ class Publisher:
     def __init__(self, live: LiveView, snapshot, every: float = 1.0):
         self.live, self.snapshot, self.every = live, snapshot, every
         self.stop = threading.Event()
+        self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="halab-live-publish", daemon=True)
 
     def start(self) -> "Publisher":
@@ -202,8 +203,10 @@ class Publisher:
                 journal = self.snapshot()
                 if journal:
                     self.live.publish(viewlib.model(journal, now=time.time()))
-            except RuntimeError:
-                pass      # the journal changed while it was read: the next round has it
+            except Exception as exc:  # noqa: BLE001 - a view is never worth a failed drill
+                # typically the journal changed while it was read (RuntimeError): the next
+                # round has it; anything else is kept for --debug
+                self.error = exc
             self.stop.wait(self.every)
 
     def finish(self, journal: dict) -> None:

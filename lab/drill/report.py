@@ -205,6 +205,8 @@ def runbook_terminal(rb: dict) -> str:
 def html_report(journal: dict) -> str:
     """The offline report: the drill view's page (lab.drill.view) with the journal's
     view inlined: the same page and the same drawing code as the live view."""
+    if journal.get("kind") != "runbook":
+        journal = {**journal, "verdict": verdict_of(journal)}
     return viewlib.report_page(journal)
 
 

@@ -19,7 +19,7 @@ import json
 import time
 from importlib import resources
 
-from lab.drill import mechanisms, nodes as nodelib, verdict as verdictlib
+from lab.drill import mechanisms, nodes as nodelib
 
 # lane states the page knows (colours and text labels in view.css / view.js)
 OK, FAIL, NONE = "ok", "fail", "none"
@@ -383,10 +383,8 @@ def page(view: dict | None, *, live: bool = False, title: str = "halab drill") -
 
 
 def report_page(journal: dict) -> str:
-    """The offline HTML report: the page with the journal's view inlined."""
+    """The offline HTML report: the page with the journal's view inlined (the caller
+    brings the verdict: report.verdict_of)."""
     title = ("halab runbook " if journal.get("kind") == "runbook" else "halab drill ") + \
         str(journal.get("id", ""))
-    if journal.get("kind") != "runbook" and not (journal.get("verdict") or {}).get("paths") \
-            and journal.get("times", {}).get("inject_start"):
-        journal = {**journal, "verdict": verdictlib.judge(journal)}
     return page(model(journal), title=title)

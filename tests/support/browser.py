@@ -114,8 +114,7 @@ class LiveWatcher(threading.Thread):
                 time.sleep(self.every)
             if self.screenshot:
                 self.screenshot.parent.mkdir(parents=True, exist_ok=True)
-                d.execute_script("document.body.classList.add('wall');"
-                                 "window.halabModel && window.dispatchEvent(new Event('resize'))")
+                d.execute_script("document.body.classList.add('wall')")
                 d.set_window_size(1600, max(1500, d.execute_script(
                     "return document.body.scrollHeight") + 40))
                 d.save_screenshot(str(self.screenshot))

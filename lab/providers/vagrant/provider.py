@@ -515,7 +515,6 @@ def systemd_unit(spec) -> str:
         wait = f"ExecStartPre=/bin/sh -c {shlex.quote(loop)}\nTimeoutStartSec=infinity\n"
     # a /tmp of its own (the hollow kubelet's fake runtime socket is a fixed /tmp path)
     tmp = "PrivateTmp=yes\n" if spec.private_tmp else ""
-    tmp += "".join(f'Environment="{k}={v}"\n' for k, v in sorted(spec.env.items()))
     return (f"[Unit]\nDescription=halab {spec.name} on {spec.node}\nAfter=network-online.target\n"
             "StartLimitIntervalSec=0\n\n"
             f"[Service]\n{wait}ExecStart={shlex.join(spec.argv)}\nRestart=always\nRestartSec=2\n"
