@@ -56,6 +56,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _answers(url: str) -> bool:
+    """Whether the live view's port accepts a connection (it is on 127.0.0.1)."""
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    try:
+        with socket.create_connection((u.hostname, u.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def driver():
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
@@ -76,7 +87,8 @@ class LiveWatcher(threading.Thread):
         super().__init__(name="live-watcher", daemon=True)
         self.url, self.screenshot, self.timeout, self.every = url, screenshot, timeout, every
         self.samples: list[dict] = []
-        self.requests: list[str] = []
+        self.requests: list[str] = []      # from the first load of the live view on
+        self.discarded: list[str] = []     # from loads that failed before the server was up
         self.console: list[str] = []
         self.error: BaseException | None = None
         self.loaded = threading.Event()
@@ -95,12 +107,18 @@ class LiveWatcher(threading.Thread):
         try:
             deadline = time.monotonic() + self.timeout
             while True:              # the drill starts its server after opening the lab
-                try:
-                    d.get(self.url)
-                    if d.execute_script("return document.body.getAttribute('data-live')") == "1":
-                        break
-                except Exception:  # noqa: BLE001 - not up yet
-                    pass
+                if _answers(self.url):
+                    try:
+                        d.get(self.url)
+                        if d.execute_script(
+                                "return document.body.getAttribute('data-live')") == "1":
+                            break
+                    except Exception:  # noqa: BLE001 - not up yet
+                        pass
+                    # a load that failed showed chromium's own error page, whose inlined
+                    # data: images are not the live view's requests: drop them
+                    self.discarded += self._requests(d)
+                    d.get_log("browser")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the live view at {self.url} never answered")
                 time.sleep(0.5)
@@ -122,11 +140,18 @@ class LiveWatcher(threading.Thread):
         finally:
             d.quit()
 
-    def _logs(self, d) -> None:
+    @staticmethod
+    def _requests(d) -> list[str]:
+        """The URLs requested since the last call (reading the log empties it)."""
+        out = []
         for entry in d.get_log("performance"):
             msg = json.loads(entry["message"])["message"]
             if msg.get("method") == "Network.requestWillBeSent":
-                self.requests.append(msg["params"]["request"]["url"])
+                out.append(msg["params"]["request"]["url"])
+        return out
+
+    def _logs(self, d) -> None:
+        self.requests += self._requests(d)
         self.console = [e.get("message", "") for e in d.get_log("browser")]
 
     # --- what the page showed

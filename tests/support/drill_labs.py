@@ -232,5 +232,6 @@ def assert_local_only(watcher, port: int | None = None) -> None:
     assert watcher.requests, "no request recorded"
     bad = [u for u in watcher.requests if not u.startswith("http://127.0.0.1:")
            or (port and not u.startswith(f"http://127.0.0.1:{port}/"))]
-    assert not bad, bad
+    assert not bad, (f"{len(bad)} of {len(watcher.requests)} requests left 127.0.0.1: "
+                     + ", ".join(u[:80] for u in bad[:5]))
     assert not [c for c in watcher.console if "SEVERE" in c or "Error" in c], watcher.console
