@@ -123,6 +123,9 @@ def test_a_killed_kubelet_is_restarted_and_its_node_is_ready_again(lab):
     os.kill(child, 9)
     assert wait_for(lambda: procs._children(loop) and procs._children(loop)[0] != child
                     and "--morph=kubelet" in procs._cmdline(procs._children(loop)[0]), 10)
+    # the restarted kubelet keeps its environment: one Go thread, as the plan says
+    env = Path(f"/proc/{procs._children(loop)[0]}/environ").read_bytes().split(b"\0")
+    assert b"GOMAXPROCS=1" in env
     # a new kubelet reports NotReady until its runtime and pod lifecycle checks have run
     cp = lab.halab("verify", "--wait", "60", check=False, timeout=120)
     assert cp.returncode == 0, cp.stdout

@@ -123,3 +123,16 @@ def test_nodes_and_pods_as_the_api_answered(tmp_path):
     assert len(pods) == 2 and all(p["phase"] == "Running" and p["ready"] for p in pods)
     assert {p["node"] for p in pods} == {"k8s-node4", "k8s-node5"}
 
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_node_agents_sharing_the_host_run_on_one_go_thread_each(tmp_path, local):
+    # locally the five nodes' agents share two cores with the control plane (their idle
+    # cost, benchmarks/local_up.py); on a VM they keep Go's default, as a real kubelet
+    topo = _topo(tmp_path, "case2")
+    specs = controlplane.plan(topo, pkilib.lab_pki(topo), lambda node: Layout(
+        base=f"/lab/nodes/{node}", k8s_bin="/k8s", kubemark="/k8s/kubemark", local=local),
+        LabSecrets.generate())
+    for s in specs:
+        agent = s.name in ("kubelet", "kube-proxy")
+        assert s.env == ({"GOMAXPROCS": "1"} if agent and local else {}), (s.node, s.name)
