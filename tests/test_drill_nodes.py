@@ -91,6 +91,46 @@ def test_the_watch_worker_reads_leases_and_nodes_as_the_api_serves_them():
                    "taints": ["node-role.kubernetes.io/master:NoSchedule"]}
 
 
+def pod(t, name, node_name, deleting=False, deleted=False):
+    return {"t": t, "kind": "pod", "pod": f"halab-workload/{name}", "node": node_name,
+            "phase": "Running", "deleting": deleting or deleted, "deleted": deleted}
+
+
+def test_the_watch_worker_reads_pods_bound_to_nodes_as_the_api_serves_them():
+    import json
+    from pathlib import Path
+    from lab.drill import prober
+    recorded = json.loads((Path(__file__).parent / "data" / "nodes" / "pods.json").read_text())
+    item = recorded["items"][0]
+    assert prober.event_record("pods", item) == {
+        "kind": "pod", "pod": "halab-workload/halab-demo-5dcb4d7d94-fblz7", "node": "k8s-node5",
+        "phase": "Running", "deleting": False, "deleted": False}
+    gone = {**item, "metadata": {**item["metadata"],
+                                 "deletionTimestamp": "2026-12-04T14:41:08Z"}}
+    assert prober.event_record("pods", gone)["deleting"] is True
+    assert prober.event_record("pods", item, deleted=True)["deleted"] is True
+    # a pod the scheduler has not bound yet belongs to no node
+    assert prober.event_record("pods", {**item, "spec": {}}) is None
+
+
+def test_evictions_are_deletions_begun_during_the_drill():
+    recs = [pod(INJ - 3, "a", "k8s-node5"), pod(INJ - 3, "b", "k8s-node5"),
+            pod(INJ - 3, "old", "k8s-node4", deleting=True),      # already going: not ours
+            pod(INJ + 46.2, "a", "k8s-node5", deleting=True),
+            pod(INJ + 46.3, "b", "k8s-node5", deleting=True),
+            pod(INJ + 47, "a", "k8s-node5", deleted=True),           # counted once
+            pod(INJ + 47, "c", "k8s-node4"),                          # its replacement
+            pod(INJ + 90, "c", "k8s-node4", deleting=True)]         # after the probes stopped
+    j = _journal({"nodes": [node(INJ - 4, "k8s-node5", True)], "pods": recs})
+    assert nodes.evictions(j) == {"k8s-node5": [
+        {"t": 46.2, "pod": "halab-workload/a"}, {"t": 46.3, "pod": "halab-workload/b"}]}
+    lanes = nodes.node_lanes(j)
+    assert lanes["k8s-node5"]["evictions"][0]["pod"] == "halab-workload/a"
+    assert "evictions" not in lanes.get("k8s-node4", {})
+    text = "\n".join(nodes.lines({**j, "nodes": lanes}))
+    assert "2 pod(s) evicted from +46.2 s (halab-workload/a, halab-workload/b)" in text
+
+
 def _topo(case: str):
     from lab.model import scenario
     from lab.model.topology import Topology

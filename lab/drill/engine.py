@@ -191,17 +191,19 @@ WATCH_IDLE = 45.0
 
 def watch_plan(lab, topo, provider, observer_context: str, s: Settings) -> list[ProbeSpec]:
     """The cluster's own clients, imitated: on every access path a long-lived watch on the
-    nodes' Leases, as a kubelet or kube-proxy holds it, and one on the Nodes through a
-    control plane the fault does not touch (lab.drill.nodes reads them)."""
+    nodes' Leases, as a kubelet or kube-proxy holds it, and through a control plane the
+    fault does not touch one on the Nodes and one on the pods bound to them (evictions);
+    lab.drill.nodes reads them."""
     specs = []
     tail = ["--timeout", str(max(s.probe_timeout, 2.0)), "--idle", str(WATCH_IDLE)]
     for p, node, where in path_clients(lab, topo, provider):
         specs.append(ProbeSpec(f"{nodelib.WATCH_PREFIX}{p.key}", "watch", node,
                                prober_argv(provider, node) + [
                                    "--mode", "watch", "--resource", "leases", *where, *tail]))
-    specs.append(ProbeSpec(nodelib.NODES_WATCH, "watch", CLIENT, prober_argv(provider, CLIENT) + [
-        "--mode", "watch", "--resource", "nodes", "--kubeconfig", str(lab.kubeconfig),
-        "--context", observer_context, *tail]))
+    for key, resource in ((nodelib.NODES_WATCH, "nodes"), (nodelib.PODS_WATCH, "pods")):
+        specs.append(ProbeSpec(key, "watch", CLIENT, prober_argv(provider, CLIENT) + [
+            "--mode", "watch", "--resource", resource, "--kubeconfig", str(lab.kubeconfig),
+            "--context", observer_context, *tail]))
     return specs
 
 

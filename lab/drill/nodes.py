@@ -7,7 +7,10 @@ the Nodes. From their records (`journal["watches"]`) this module makes:
 
 - `nodes`: per node, the Lease renewals its kubelet made (every 10 s when all is well)
   and the longest gap between two of them around the fault, its Ready transitions
-  and taints, with times in seconds since the injection;
+  and taints, and the pods evicted from it (their deletion began after the injection:
+  the node controller deletes a pod once its node's `unreachable`/`not-ready` taint
+  outlasts the pod's toleration, 300 s by default), with times in seconds since the
+  injection;
 - `long_lived`: per access path, how long its watch went without a byte while the
   fault was on, and when the connection broke and came back.
 
@@ -18,6 +21,7 @@ resumed from its last resourceVersion replays what it missed.
 from __future__ import annotations
 
 NODES_WATCH = "nodes"          # the watch on the Nodes, through an untouched control plane
+PODS_WATCH = "pods"            # the watch on the pods bound to nodes, the same way
 WATCH_PREFIX = "watch:"        # the Lease watch of one access path: "watch:<path key>"
 RENEW_EVERY = 10.0             # a kubelet renews its Lease every 10 s (1.20 and later)
 
@@ -77,7 +81,29 @@ def node_lanes(journal: dict) -> dict[str, dict]:
                 lane["taints"].append(taint)
     for node, ready in state.items():
         lanes[node]["ready_at_end"] = ready
+    for node, evicted in evictions(journal).items():
+        lanes.setdefault(node, {"renewals": 0, "max_heartbeat_gap": None, "gap_from": None,
+                                "ready_transitions": [], "taints": []})["evictions"] = evicted
     return dict(sorted(lanes.items()))
+
+
+def evictions(journal: dict) -> dict[str, list[dict]]:
+    """Per node, the pods whose deletion began during the drill (after the injection, up
+    to the end of the probes): [{"t", "pod"}], in time order. A pod already being
+    deleted when the watch first listed it is not counted."""
+    _, inj, end = _window(journal)
+    if inj is None or end is None:
+        return {}
+    out: dict[str, list[dict]] = {}
+    deleting: dict[str, bool] = {}
+    for r in journal.get("watches", {}).get(PODS_WATCH, []):
+        if r.get("kind") != "pod" or not r.get("pod"):
+            continue
+        was = deleting.get(r["pod"])
+        deleting[r["pod"]] = bool(r.get("deleting"))
+        if r.get("deleting") and was is False and inj <= r["t"] <= end:
+            out.setdefault(r["node"], []).append({"t": _rel(r["t"], inj), "pod": r["pod"]})
+    return dict(sorted(out.items()))
 
 
 def long_lived(journal: dict) -> dict[str, dict]:
@@ -120,6 +146,11 @@ def lines(journal: dict) -> list[str]:
             words.append(f"{'Ready' if tr['ready'] else 'NotReady'} at {tr['t']:+.1f} s")
         if not lane.get("ready_transitions") and "ready_at_end" in lane:
             words.append("Ready throughout" if lane["ready_at_end"] else "NotReady throughout")
+        gone = lane.get("evictions", [])
+        if gone:
+            words.append(f"{len(gone)} pod(s) evicted from {gone[0]['t']:+.1f} s "
+                         f"({', '.join(e['pod'] for e in gone[:3])}"
+                         f"{', ...' if len(gone) > 3 else ''})")
         exp = journal.get("node_expectations", {}).get(node)
         if exp:
             words.append(f"expected: heartbeats {exp['heartbeats']}, "

@@ -18,6 +18,8 @@ Modes (one JSON line per result on stdout, `t` is the probe's start, wall clock;
            and the controllers are such clients), of the nodes' Leases or of the Nodes:
            {"t", "kind": "lease", "node", "renew"} per renewal a kubelet made,
            {"t", "kind": "node", "node", "ready", "taints"} per change of a Node,
+           {"t", "kind": "pod", "pod", "node", "phase", "deleting", "deleted"} per change
+           of a pod bound to a node (evictions: a deletion begun by the node controller),
            {"t", "kind": "conn", "state": "open"|"broken", "err"} for the connection
            itself. A connection that carries nothing for `--idle` seconds is given up,
            as client-go's HTTP/2 health check gives up on one (read idle 30 s + ping
@@ -275,6 +277,7 @@ def start_canary_server() -> str:
 WATCHES = {
     "leases": "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
     "nodes": "/api/v1/nodes",
+    "pods": "/api/v1/pods",
 }
 
 
@@ -288,9 +291,21 @@ def rfc3339(text: str | None) -> float | None:
     return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
 
 
-def event_record(resource: str, obj: dict) -> dict | None:
+def event_record(resource: str, obj: dict, deleted: bool = False) -> dict | None:
     """What a watch event says, as a probe record (without "t")."""
-    name = obj.get("metadata", {}).get("name")
+    meta = obj.get("metadata", {})
+    name = meta.get("name")
+    if resource == "pods":
+        # a pod bound to a node, and whether it is being deleted (the node controller's
+        # taint manager evicts by deleting: deletionTimestamp set; on a node that does not
+        # answer the pod then stays Terminating) or is gone
+        node = obj.get("spec", {}).get("nodeName")
+        if not node:
+            return None
+        return {"kind": "pod", "pod": f"{meta.get('namespace')}/{name}", "node": node,
+                "phase": obj.get("status", {}).get("phase", ""),
+                "deleting": bool(meta.get("deletionTimestamp")) or deleted,
+                "deleted": deleted}
     if resource == "leases":
         renew = rfc3339(obj.get("spec", {}).get("renewTime"))
         return {"kind": "lease", "node": name, "renew": renew} if renew else None
@@ -382,19 +397,24 @@ def watch_once(server, ctx, resource: str, rv: str | None, timeout: float, idle:
                 rv = obj.get("metadata", {}).get("resourceVersion", rv)
                 if ev.get("type") in ("ADDED", "MODIFIED"):
                     _emit_event(resource, obj, out, seen)
+                elif ev.get("type") == "DELETED" and resource == "pods":
+                    _emit_event(resource, obj, out, seen, deleted=True)
         return rv
     finally:
         raw.close()
 
 
-def _emit_event(resource: str, obj: dict, out: "Output", seen: dict) -> None:
-    rec = event_record(resource, obj)
+def _emit_event(resource: str, obj: dict, out: "Output", seen: dict,
+                deleted: bool = False) -> None:
+    rec = event_record(resource, obj, deleted)
     if rec is None:
         return
-    key = (rec["node"], rec.get("renew"), rec.get("ready"), tuple(rec.get("taints", ())))
-    if seen.get(rec["node"]) == key:   # a relist repeats what is known
+    who = rec.get("pod") or rec["node"]
+    key = (rec["node"], rec.get("renew"), rec.get("ready"), tuple(rec.get("taints", ())),
+           rec.get("phase"), rec.get("deleting"), rec.get("deleted"))
+    if seen.get(who) == key:   # a relist repeats what is known
         return
-    seen[rec["node"]] = key
+    seen[who] = key
     out.emit({"t": round(time.time(), 3), **rec})
 
 
