@@ -131,6 +131,42 @@ def test_a_killed_kubelet_is_restarted_and_its_node_is_ready_again(lab):
     assert cp.returncode == 0, cp.stdout
 
 
+EVICT_ME = """apiVersion: v1
+kind: Pod
+metadata: {name: evict-me, namespace: default}
+spec:
+  nodeName: k8s-node5
+  containers: [{name: pause, image: k8s.gcr.io/pause:3.2}]
+  tolerations:
+  - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+  - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+"""
+
+
+def test_a_frozen_worker_outliving_a_pods_toleration_has_it_evicted(lab, tmp_path):
+    # a pod that tolerates its node's unreachable taint for 2 s only; halab's workload
+    # keeps the default 300 s. Frozen 60 s, the node goes NotReady after the grace period
+    # (40 s), the node controller taints it and evicts the short-tolerating pod
+    manifest = tmp_path / "evict-me.yaml"
+    manifest.write_text(EVICT_ME)
+    kubectl(lab, "apply", "-f", str(manifest))
+    assert wait_for(lambda: "Running" in kubectl(lab, "get", "pod", "evict-me", "-o",
+                                                 "jsonpath={.status.phase}").stdout, 30)
+    cp, j = lab.drill("freeze", "k8s-node5", duration=60)
+    lane = j["nodes"]["k8s-node5"]
+    assert any(not tr["ready"] for tr in lane["ready_transitions"]), lane
+    evicted = lane.get("evictions", [])
+    assert [e["pod"] for e in evicted] == ["default/evict-me"], (lane, cp.stdout)
+    not_ready = next(tr["t"] for tr in lane["ready_transitions"] if not tr["ready"])
+    assert not_ready <= evicted[0]["t"] <= 60, (lane, cp.stdout)
+    report = lab.halab("drill", "report", j["id"], "--no-html").stdout
+    assert "1 pod(s) evicted from" in report and "default/evict-me" in report, report
+    # nobody else lost a pod: the workload's tolerate 300 s, the other nodes were fine
+    assert all(not n.get("evictions") for name, n in j["nodes"].items() if name != "k8s-node5")
+    cp = lab.halab("verify", "--wait", "60", check=False, timeout=120)
+    assert cp.returncode == 0, cp.stdout
+
+
 def test_destroy_leaves_no_kubelet_or_proxy(lab):
     cp = lab.halab("destroy", "--force")
     assert "nothing left behind" in cp.stdout, cp.stdout
