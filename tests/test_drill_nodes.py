@@ -177,3 +177,15 @@ def test_the_verdict_judges_notready_or_not():
     assert not v["k8s-node4"]["agree"] and "expected NotReady by +47 s" in v["k8s-node4"]["verdict"]
     assert not v["k8s-node1"]["agree"] and "NotReady at +44.0 s" in v["k8s-node1"]["verdict"]
     assert v["k8s-node2"]["agree"]      # can't say: not judged
+
+
+def test_the_view_says_on_the_ready_lane_which_node_lost_pods():
+    from lab.drill import view
+    j = _journal({"nodes": [node(INJ - 4, "k8s-node5", True), node(INJ + 41, "k8s-node5", False),
+                            node(INJ + 66, "k8s-node5", True)],
+                  "pods": [pod(INJ - 3, "a", "k8s-node5"),
+                           pod(INJ + 46.2, "a", "k8s-node5", deleting=True)]})
+    j["nodes"] = nodes.node_lanes(j)
+    got = {lane["id"]: lane for g in view.model(j)["groups"] for lane in g["lanes"]}
+    assert got["node:k8s-node5:Ready"]["sub"].endswith("; 1 pod(s) evicted from +46.2 s")
+    assert [s[2] for s in got["node:k8s-node5:Ready"]["segments"]] == ["ok", "fail", "ok"]
