@@ -713,7 +713,7 @@ class VerifyingVagrant(FakeVagrant):
             out = json.dumps({"t": time.time(), "ok": True, "members": members}) + "\n"
         elif "--mode" in argv:
             out = json.dumps({"t": time.time(), "ok": True, "lat": 0.01, "code": 200}) + "\n"
-        elif argv[-4:] == ["get", "nodes", "-o", "json"]:
+        elif argv[-2:] == ["--raw", "/api/v1/nodes"]:
             # the answer a real case2 lab gave (five nodes, all Ready)
             out = (Path(__file__).parent / "data" / "nodes" / "nodes.json").read_text()
         else:

@@ -248,7 +248,7 @@ def _k8s_nodes(lab: Lab, topo, prov, rec) -> dict[str, str]:
     want = expected_nodes(lab, topo) if rec.deploy.get("state") == "deployed" else []
     if not want:
         return {}
-    seen = cluster_nodes(lab, topo, prov, "3s")
+    seen = cluster_nodes(lab, topo, prov, "3s", attempts=1)
     if seen is None:
         return {n: "?" for n in want}
     out = {}

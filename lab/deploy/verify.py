@@ -219,22 +219,31 @@ def parse_nodes(doc: dict) -> dict[str, dict]:
     return out
 
 
-def _get_json(lab, topo: Topology, provider, args: tuple, timeout: str = "5s") -> dict | None:
-    """`kubectl ARGS -o json` through the external path; None if it does not answer."""
+def _get_json(lab, topo: Topology, provider, path: str, timeout: str = "5s",
+              attempts: int = 3) -> dict | None:
+    """GET `path` of the API (`kubectl get --raw`: one request, no API discovery before it)
+    through the external path; None if it did not answer in `attempts` tries. A busy
+    emulated API server can miss one answer right after a deploy (CI's VM lab did, with
+    every other check passing)."""
     node, argv = path_command(lab, topo, provider, topo.external_path(), timeout,
-                              (*args, "-o", "json"))
-    cp = provider.run(node, argv, timeout=20)
-    if cp.returncode != 0:
-        return None
-    try:
-        return json.loads(cp.stdout)
-    except ValueError:
-        return None
+                              ("get", "--raw", path))
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(2.0)
+        cp = provider.run(node, argv, timeout=20)
+        if cp.returncode != 0:
+            continue
+        try:
+            return json.loads(cp.stdout)
+        except ValueError:
+            continue
+    return None
 
 
-def cluster_nodes(lab, topo: Topology, provider, timeout: str = "5s") -> dict[str, dict] | None:
+def cluster_nodes(lab, topo: Topology, provider, timeout: str = "5s",
+                  attempts: int = 3) -> dict[str, dict] | None:
     """The cluster's nodes as the external path sees them; None if it does not answer."""
-    doc = _get_json(lab, topo, provider, ("get", "nodes"), timeout)
+    doc = _get_json(lab, topo, provider, "/api/v1/nodes", timeout, attempts)
     return None if doc is None else parse_nodes(doc)
 
 
@@ -326,8 +335,8 @@ def parse_pods(doc: dict) -> list[dict]:
 
 
 def workload_pods(lab, topo: Topology, provider) -> list[dict] | None:
-    doc = _get_json(lab, topo, provider, ("-n", WORKLOAD_NAMESPACE, "get", "pods", "-l",
-                                          f"app={WORKLOAD}"))
+    doc = _get_json(lab, topo, provider, f"/api/v1/namespaces/{WORKLOAD_NAMESPACE}/pods"
+                                         f"?labelSelector=app%3D{WORKLOAD}")
     return None if doc is None else parse_pods(doc)
 
 
