@@ -143,46 +143,61 @@ def _add(total: dict, part: dict) -> None:
         total[k] = total.get(k, 0.0) + v
 
 
-def idle_costs(folder: Path, seconds: float) -> dict:
-    """Memory of the node agents and what the nodes cost the idle lab, A/B: the lab's CPU
-    with the agents running and with them paused (SIGSTOP, shorter than the grace
-    period), in alternating windows of WINDOW_S, `seconds` of each. The nodes' cost is
-    their own CPU plus what the rest of the lab (API servers, etcd, controllers) spends
-    serving them: `other` running minus paused."""
-    pids = _lab_pids(folder)
-    rss = {k: [_rss_mb(p) for p, kind in pids.items() if kind == k]
-           for k in ("kubelet", "kube-proxy")}
-    agents = [p for p, kind in pids.items() if kind != "other"]
+def alternate(seconds: float, switch_on, switch_off, pids) -> tuple[dict, dict, float]:
+    """A/B in alternating windows of WINDOW_S (`seconds` of each side): `switch_on()`, one
+    window, `switch_off()`, one window, again. Returns the CPU seconds per kind of lab
+    process (`pids()` at the start of each window) with the thing on and off, and the
+    seconds each side lasted."""
     windows = max(1, round(seconds / WINDOW_S))
     on: dict = {}
     off: dict = {}
     for _ in range(windows):
-        _add(on, _cpu_used(pids, WINDOW_S))
+        switch_on()
         try:
-            for p in agents:
-                os.kill(p, signal.SIGSTOP)
-            _add(off, _cpu_used(pids, WINDOW_S))
+            _add(on, _cpu_used(pids(), WINDOW_S))
         finally:
-            for p in agents:
-                try:
-                    os.kill(p, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-    seconds = pause = windows * WINDOW_S
-    total = sum(on.values()) / seconds
-    own = (on["kubelet"] + on["kube-proxy"]) / seconds
-    rest_on, rest_off = on["other"] / seconds, off["other"] / pause
+            switch_off()
+        _add(off, _cpu_used(pids(), WINDOW_S))
+    return on, off, windows * WINDOW_S
+
+
+def _signal(pids, sig) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
+def idle_costs(folder: Path, seconds: float) -> dict:
+    """Memory of the node agents and what the nodes cost the idle lab, A/B: the lab's CPU
+    with the agents running and with them paused (SIGSTOP, shorter than the grace
+    period), in alternating windows. The nodes' cost is their own CPU plus what the rest
+    of the lab (API servers, etcd, controllers) spends serving them: `other` running
+    minus paused."""
+    pids = _lab_pids(folder)
+    rss = {k: [_rss_mb(p) for p, kind in pids.items() if kind == k]
+           for k in ("kubelet", "kube-proxy")}
+    agents = [p for p, kind in pids.items() if kind != "other"]
+    try:
+        on, off, span = alternate(seconds, lambda: _signal(agents, signal.SIGCONT),
+                                  lambda: _signal(agents, signal.SIGSTOP), lambda: pids)
+    finally:
+        _signal(agents, signal.SIGCONT)
+    own = (on["kubelet"] + on["kube-proxy"]) / span
+    rest_on, rest_off = on["other"] / span, off["other"] / span
     serving = max(0.0, rest_on - rest_off)
-    return {"idle_s": seconds, "kubelet_rss_mb": statistics.median(rss["kubelet"]) if rss["kubelet"] else 0.0,
+    return {"idle_s": span,
+            "kubelet_rss_mb": statistics.median(rss["kubelet"]) if rss["kubelet"] else 0.0,
             "proxy_rss_mb": statistics.median(rss["kube-proxy"]) if rss["kube-proxy"] else 0.0,
             "node_agents": len(rss["kubelet"]),
-            "idle_cpu_pct": 100 * total, "nodes_cpu_pct": 100 * own,
+            "idle_cpu_pct": 100 * sum(on.values()) / span, "nodes_cpu_pct": 100 * own,
             "serving_cpu_pct": 100 * serving, "without_nodes_pct": 100 * rest_off,
             "nodes_add_pct": 100 * (own + serving) / rest_off if rest_off else 0.0}
 
 
 def _tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its children (a prober under `ip netns exec`)."""
+    """CPU seconds of a process and its children."""
     total = _cpu(pid)
     try:
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -195,8 +210,8 @@ def lanes_costs(root: Path, lab_name: str, seconds: float) -> dict:
     """What a drill's node lanes cost the idle lab: the long-lived watches the drill keeps
     (lab.drill.engine.watch_plan: per access path one on the nodes' Leases, one on the
     Nodes, one on the pods) started as a drill starts them, A/B against the same lab
-    without them, in alternating windows: their own CPU and what the control plane
-    spends serving them (a watch's events are encoded and sent by the API servers)."""
+    without them (`alternate`): their own CPU and what the control plane spends serving
+    them (a watch's events are encoded and sent by the API servers)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from lab.app.lab import open_lab
     from lab.drill import engine
@@ -205,33 +220,32 @@ def lanes_costs(root: Path, lab_name: str, seconds: float) -> dict:
     _, topo, provider = open_lab(lab)
     specs = engine.watch_plan(lab, topo, provider, f"{topo.name}-{engine.observer(topo, [])}",
                               engine.Settings().fitted(provider))
-    folder = lab.path
-    windows = max(1, round(seconds / WINDOW_S))
-    own = 0.0
-    on: dict = {}
-    off: dict = {}
-    records = 0
-    for _ in range(windows):
-        procs = [provider.popen(sp.node, sp.argv, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-                 for sp in specs]
-        try:
-            time.sleep(3.0)       # their first LIST, as in a drill's warm-up
-            mine = {p.pid for p in procs}
-            pids = {pid: kind for pid, kind in _lab_pids(folder).items() if pid not in mine}
-            before = sum(_tree_cpu(p.pid) for p in procs)
-            _add(on, _cpu_used(pids, WINDOW_S))
-            own += sum(_tree_cpu(p.pid) for p in procs) - before
-        finally:
-            for p in procs:
-                p.kill()
-            for p in procs:
-                out, _ = p.communicate(timeout=10)
-                records += out.count(b"\n")
-        _add(off, _cpu_used(_lab_pids(folder), WINDOW_S))
-    span = windows * WINDOW_S
+    running: list = []
+    tally = {"own": 0.0, "records": 0}
+
+    def start() -> None:
+        running[:] = [provider.popen(sp.node, sp.argv, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                      for sp in specs]
+        time.sleep(3.0)           # their first LIST, as in a drill's warm-up
+        tally["own"] -= sum(_tree_cpu(p.pid) for p in running)
+
+    def stop() -> None:
+        tally["own"] += sum(_tree_cpu(p.pid) for p in running)
+        for p in running:
+            p.kill()
+        for p in running:
+            tally["records"] += p.communicate(timeout=10)[0].count(b"\n")
+
+    def others() -> dict:          # the lab without the watchers themselves
+        mine = {p.pid for p in running if p.poll() is None}
+        return {pid: kind for pid, kind in _lab_pids(lab.path).items() if pid not in mine}
+
+    on, off, span = alternate(seconds, start, stop, others)
     rest_on, rest_off = sum(on.values()) / span, sum(off.values()) / span
     serving = max(0.0, rest_on - rest_off)
+    own = tally["own"]
+    records = tally["records"]
     return {"watches": len(specs), "watch_records": records,
             "lanes_cpu_pct": 100 * own / span, "lanes_serving_pct": 100 * serving,
             "lab_pct": 100 * rest_off,

@@ -198,7 +198,7 @@ def kubespray_vars(topo: Topology) -> dict[str, dict]:
         # Its "unsafe" part is download credentials, which halab never sets.
         "unsafe_show_logs": True,
     }
-    if s.provider == "libvirt" and s.provider_options["libvirt"]["driver"] == "qemu":
+    if s.emulated:
         # software-emulated VMs install packages 10-20x slower: kubespray (v2.31.0 and
         # later) gives its package task 5 min and stops the run after that (seen here:
         # "failed to execute in the expected time frame (300)"); its own CI gives slow

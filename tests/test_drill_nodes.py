@@ -187,5 +187,7 @@ def test_the_view_says_on_the_ready_lane_which_node_lost_pods():
                            pod(INJ + 46.2, "a", "k8s-node5", deleting=True)]})
     j["nodes"] = nodes.node_lanes(j)
     got = {lane["id"]: lane for g in view.model(j)["groups"] for lane in g["lanes"]}
-    assert got["node:k8s-node5:Ready"]["sub"].endswith("; 1 pod(s) evicted from +46.2 s")
+    assert got["node:k8s-node5:Ready"]["sub"] == ("Ready condition (node controller); "
+                                                  "1 pod(s) evicted from +46.2 s "
+                                                  "(halab-workload/a)")
     assert [s[2] for s in got["node:k8s-node5:Ready"]["segments"]] == ["ok", "fail", "ok"]

@@ -43,9 +43,11 @@ EMULATED_APISERVER_FLAGS = ("--request-timeout=5m0s", "--enable-priority-and-fai
 # started over (28 % of the VM's CPU, journald 5-8 % more), again and again. Renewals
 # every 10 s with 45 s to get through, and a lease of 60 s: a fifth of the lease
 # traffic, and a standby takes over after at most 60 s instead of 15 s.
-EMULATED_LEADER_ELECTION_FLAGS = ("--leader-elect-lease-duration=60s",
+LEADER_LEASE, LEADER_RETRY = 15, 2                    # Kubernetes' defaults (seconds)
+EMULATED_LEADER_LEASE, EMULATED_LEADER_RETRY = 60, 10
+EMULATED_LEADER_ELECTION_FLAGS = (f"--leader-elect-lease-duration={EMULATED_LEADER_LEASE}s",
                                   "--leader-elect-renew-deadline=45s",
-                                  "--leader-elect-retry-period=10s")
+                                  f"--leader-elect-retry-period={EMULATED_LEADER_RETRY}s")
 # controller-manager and scheduler start once their node's API server answers (a
 # kubelet starts them together and lets them crash-loop, which costs an emulated VM
 # the CPU its API server needs to come up)

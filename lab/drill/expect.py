@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from lab.deploy import controlplane as cpl
 from lab.render import detect_seconds
 from lab.model.scenario import duration_seconds
 from lab.model.topology import Topology
@@ -131,20 +132,20 @@ def timing(s) -> dict:
 
 
 def emulated(s) -> bool:
-    """The scenario's VMs run without hardware virtualization (QEMU TCG), with halab's own
-    control plane: its timers are stretched for it (leader election) and so are the
-    bounds a drill predicts."""
-    return (s.provider == "libvirt" and not s.uses_kubespray
-            and s.provider_options.get("libvirt", {}).get("driver") == "qemu")
+    """Emulated VMs (scenario.emulated) with halab's own control plane, whose timers are
+    stretched for them (leader election); the bounds a drill predicts stretch with them."""
+    return s.emulated and not s.uses_kubespray
 
 
 def leader_election(s) -> dict:
     """The controller-manager's and scheduler's leader election as the lab runs it:
     Kubernetes' defaults (lease 15 s, retry 2 s), or the static deployer's slower timers
-    on emulated VMs (lab.deploy.controlplane.EMULATED_LEADER_ELECTION_FLAGS). A standby
+    on emulated VMs (lab.deploy.controlplane.EMULATED_LEADER_*). A standby
     takes over one lease duration after the last renewal, at its next retry."""
-    lease, retry = (60.0, 10.0) if emulated(s) else (15.0, 2.0)
-    return {"leader_lease": lease, "leader_retry": retry, "leader_takeover": lease + retry}
+    lease, retry = ((cpl.EMULATED_LEADER_LEASE, cpl.EMULATED_LEADER_RETRY) if emulated(s)
+                    else (cpl.LEADER_LEASE, cpl.LEADER_RETRY))
+    return {"leader_lease": float(lease), "leader_retry": float(retry),
+            "leader_takeover": float(lease + retry)}
 
 
 @dataclass

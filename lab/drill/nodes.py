@@ -48,6 +48,12 @@ def renewals(journal: dict) -> dict[str, list[float]]:
     return {n: sorted(v) for n, v in out.items()}
 
 
+def _no_renewals() -> dict:
+    """The lane of a node that no watch saw renewing (only its Node or its pods)."""
+    return {"renewals": 0, "max_heartbeat_gap": None, "gap_from": None,
+            "ready_transitions": [], "taints": []}
+
+
 def node_lanes(journal: dict) -> dict[str, dict]:
     """The journal's `nodes` section (see the module's docstring)."""
     start, inj, end = _window(journal)
@@ -68,9 +74,7 @@ def node_lanes(journal: dict) -> dict[str, dict]:
     for r in journal.get("watches", {}).get(NODES_WATCH, []):
         if r.get("kind") != "node" or not r.get("node"):
             continue
-        lane = lanes.setdefault(r["node"], {"renewals": 0, "max_heartbeat_gap": None,
-                                            "gap_from": None, "ready_transitions": [],
-                                            "taints": []})
+        lane = lanes.setdefault(r["node"], _no_renewals())
         if state.get(r["node"]) != r["ready"]:
             if r["node"] in state:     # the first record is the state before: no transition
                 lane["ready_transitions"].append({"t": _rel(r["t"], inj), "ready": r["ready"],
@@ -82,8 +86,7 @@ def node_lanes(journal: dict) -> dict[str, dict]:
     for node, ready in state.items():
         lanes[node]["ready_at_end"] = ready
     for node, evicted in evictions(journal).items():
-        lanes.setdefault(node, {"renewals": 0, "max_heartbeat_gap": None, "gap_from": None,
-                                "ready_transitions": [], "taints": []})["evictions"] = evicted
+        lanes.setdefault(node, _no_renewals())["evictions"] = evicted
     return dict(sorted(lanes.items()))
 
 
@@ -104,6 +107,15 @@ def evictions(journal: dict) -> dict[str, list[dict]]:
         if r.get("deleting") and was is False and inj <= r["t"] <= end:
             out.setdefault(r["node"], []).append({"t": _rel(r["t"], inj), "pod": r["pod"]})
     return dict(sorted(out.items()))
+
+
+def eviction_text(lane: dict) -> str:
+    """"2 pod(s) evicted from +41.8 s (ns/a, ns/b)" for a node lane; "" without any."""
+    gone = lane.get("evictions", [])
+    if not gone:
+        return ""
+    return (f"{len(gone)} pod(s) evicted from {gone[0]['t']:+.1f} s "
+            f"({', '.join(e['pod'] for e in gone[:3])}{', ...' if len(gone) > 3 else ''})")
 
 
 def long_lived(journal: dict) -> dict[str, dict]:
@@ -146,11 +158,8 @@ def lines(journal: dict) -> list[str]:
             words.append(f"{'Ready' if tr['ready'] else 'NotReady'} at {tr['t']:+.1f} s")
         if not lane.get("ready_transitions") and "ready_at_end" in lane:
             words.append("Ready throughout" if lane["ready_at_end"] else "NotReady throughout")
-        gone = lane.get("evictions", [])
-        if gone:
-            words.append(f"{len(gone)} pod(s) evicted from {gone[0]['t']:+.1f} s "
-                         f"({', '.join(e['pod'] for e in gone[:3])}"
-                         f"{', ...' if len(gone) > 3 else ''})")
+        if lane.get("evictions"):
+            words.append(eviction_text(lane))
         exp = journal.get("node_expectations", {}).get(node)
         if exp:
             words.append(f"expected: heartbeats {exp['heartbeats']}, "

@@ -410,11 +410,9 @@ def _emit_event(resource: str, obj: dict, out: "Output", seen: dict,
     if rec is None:
         return
     who = rec.get("pod") or rec["node"]
-    key = (rec["node"], rec.get("renew"), rec.get("ready"), tuple(rec.get("taints", ())),
-           rec.get("phase"), rec.get("deleting"), rec.get("deleted"))
-    if seen.get(who) == key:   # a relist repeats what is known
+    if seen.get(who) == rec:   # a relist repeats what is known
         return
-    seen[who] = key
+    seen[who] = rec
     out.emit({"t": round(time.time(), 3), **rec})
 
 

@@ -215,7 +215,9 @@ def _drill_model(journal: dict, now: float | None = None) -> dict:
         lanes.append({
             "id": f"node:{node}:{what}", "label": f"{node} {what}",
             "sub": "Lease renewals (every 10 s)" if what == "heartbeats" else
-                   "Ready condition (node controller)" + _evicted(journal, node),
+                   "; ".join(filter(None, ("Ready condition (node controller)",
+                                           nodelib.eviction_text(journal.get("nodes", {})
+                                                                 .get(node, {}))))),
             "segments": segs, "state": segs[-1][2] if segs else NONE,
             "expect": (f"heartbeats {e['heartbeats']}" if what == "heartbeats" and e else
                        {True: "NotReady expected", False: "stays Ready",
@@ -320,11 +322,6 @@ def state_rows(journal: dict) -> list[tuple[str, list[tuple[float, str]]]]:
         out.append(("etcd leader", [(t, leader or "none") for t, leader, _ in
                                     sorted(journal["etcd"], key=lambda r: r[0])]))
     return out
-
-
-def _evicted(journal: dict, node: str) -> str:
-    gone = journal.get("nodes", {}).get(node, {}).get("evictions", [])
-    return (f"; {len(gone)} pod(s) evicted from {gone[0]['t']:+.1f} s" if gone else "")
 
 
 def node_rows(journal: dict) -> list[tuple[str, list[tuple[float, str]]]]:

@@ -214,6 +214,13 @@ class Scenario:
         return self.deployer == "kubespray" and self.provider != "local"
 
     @property
+    def emulated(self) -> bool:
+        """The VMs run without hardware virtualization (libvirt with driver qemu: TCG),
+        10-20x slower: package installs, timers and drill bounds are stretched for it."""
+        return self.provider == "libvirt" and \
+            self.provider_options.get("libvirt", {}).get("driver") == "qemu"
+
+    @property
     def ha_lb(self) -> bool:
         return self.load_balancer and self.admin_lb.count > 1
 

@@ -257,8 +257,7 @@ class VagrantProvider:
     @property
     def emulated(self) -> bool:
         """libvirt with driver qemu: software emulation (TCG), no hardware virtualization."""
-        return self.topo.scenario.provider == "libvirt" and \
-            self.topo.scenario.provider_options["libvirt"]["driver"] == "qemu"
+        return self.topo.scenario.emulated
 
     def ports_taken(self, specs) -> list[str]:
         return []  # fresh VMs; a unit that cannot bind fails and shows in dead_services
